@@ -53,7 +53,10 @@ class ProxyConfig:
     @ivar tls: the server's TLS context factory for STARTTLS (for example a
         L{twisted.internet.ssl.CertificateOptions}).
     @ivar hostname: the name in the greeting and in EHLO toward the upstream.
-    @ivar log_credentials: show AUTH data in the smtplog (C{--credentials}).
+    @ivar transcript: log every command and reply to the C{smtpproxy.smtp}
+        log namespace (what C{--smtplog} writes to its file).
+    @ivar log_credentials: show AUTH data in that transcript
+        (C{--credentials}).
     """
 
     policy: Policy
@@ -61,4 +64,5 @@ class ProxyConfig:
     tls: object = field(repr=False)
     hostname: str = field(factory=socket.getfqdn)
     limits: Limits = Limits()
+    transcript: bool = False
     log_credentials: bool = False
