@@ -1,0 +1,234 @@
+"""
+Deliver one allowed message to the upstream SMTP server and turn what
+happened into the client's final reply (SPEC section 5).
+
+Twisted's L{smtp.ESMTPSenderFactory} does the connection, EHLO (with HELO
+fallback) and the reply parsing; L{RelaySender} replaces the steps whose
+stock behaviour is wrong for a proxy (TWISTED-NOTES section 5).  The message
+is kept in wire form (CRLF line ends, dot-stuffed as the client sent it,
+never containing CRLF.CRLF), so it is sent byte for byte.
+"""
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.mail import smtp
+from twisted.python.failure import Failure
+
+from smtpproxy import replies
+
+log = Logger(namespace="smtpproxy.upstream")
+
+
+class RelaySender(smtp.ESMTPSender):
+    """
+    Send one message, all or nothing, and report the reply that decided it.
+
+    The outcome is kept until the connection is closed and only then given
+    to the factory's Deferred, so the Deferred fires exactly once, after
+    the last byte was exchanged: either C{(code, text)} of the deciding
+    reply (the DATA reply, or a 4xx/5xx refusal), or a failure that means
+    the upstream could not be used.
+    """
+
+    _outcome = None
+
+    def callLater(self, period, func):
+        """
+        Run the per-step timeout on the reactor given to L{deliver}, not on
+        the global one that L{TimeoutMixin} imports (tests use a clock).
+        """
+        return self.factory.reactor.callLater(period, func)
+
+    def timeoutConnection(self):
+        """
+        Report the timeout, then abort: a silent upstream may also have
+        stopped reading, and the stock C{loseConnection} would wait for it.
+        """
+        super().timeoutConnection()
+        self.transport.abortConnection()
+
+    def smtpState_helo(self, code, resp):
+        """
+        Give up if HELO is refused too: the stock code keeps C{smtpState_helo}
+        as HELO's own failure handler and would send HELO forever.
+        """
+        super().smtpState_helo(code, resp)
+        self._failresponse = self.smtpConnectionFailed
+
+    def smtpState_from(self, code, resp):
+        """
+        Send the sender exactly as given (C{<>} for the null sender): the
+        stock code parses it with L{smtp.Address}, which rejects valid
+        addresses such as C{user@[192.0.2.1]}.
+        """
+        self._expected = [250]
+        self._okresponse = self.smtpState_to
+        self._failresponse = self.smtpTransferFailed
+        self.sendLine(b"MAIL FROM:<" + self.factory.fromEmail + b">")
+
+    def smtpState_toOrData(self, code, resp):
+        """
+        Send every RCPT, then DATA only if the upstream accepted them all
+        (SPEC section 5).  The stock code sends DATA when any recipient
+        was accepted and reports the refusals as success.
+
+        Recipients are written as given, for the reason in
+        L{smtpState_from} (the stock C{quoteaddr} is a header parser).
+        """
+        if self.lastAddress is not None:
+            self.toAddressesResult.append((self.lastAddress, code, resp))
+        self.lastAddress = next(self.toAddresses, None)
+        if self.lastAddress is not None:
+            self.sendLine(b"RCPT TO:<" + self.lastAddress + b">")
+            return
+        refusals = [(c, r) for _, c, r in self.toAddressesResult if c not in smtp.SUCCESS]
+        if refusals:
+            permanentFirst = max(refusals, key=lambda refusal: refusal[0] >= 500)
+            self.smtpTransferFailed(*permanentFirst)
+        else:
+            self._expected = [354]
+            self._okresponse = self.smtpState_data
+            self.sendLine(b"DATA")
+
+    def smtpTransferFailed(self, code, resp):
+        """
+        Relay only a real refusal.  The stock code takes any unexpected
+        reply for the outcome, so a C{250} answering DATA would count as
+        delivered though no data was sent.
+        """
+        if 400 <= code < 600:
+            self.smtpState_msgSent(code, resp)
+        else:
+            self.sendError(smtp.SMTPProtocolError(code, resp, self.log.str()))
+
+    def smtpState_msgSent(self, code, resp):
+        """
+        Keep the deciding reply with its text, which the stock C{sentMail}
+        drops (fight G), and QUIT: one message per connection, and the stock
+        RSET would be sent again and again if the upstream refused it.
+        """
+        self._outcome = (code, resp)
+        self._disconnectFromServer()
+
+    def transformChunk(self, chunk):
+        """
+        Send the data unchanged: it is already in wire form.  The stock
+        transform converts LF to CRLF and stuffs dots chunk by chunk,
+        missing a dot at the start of the data or of a chunk (fight D).
+        """
+        self.resetTimeout()
+        return chunk
+
+    def finishedFileTransfer(self, lastsent):
+        """End the data; it is empty or ends with CRLF, so only C{.} CRLF follows."""
+        self.sendLine(b".")
+
+    def sendError(self, exc):
+        """
+        Keep the first error for L{connectionLost} and close (QUIT or drop),
+        never reconnect.  The stock code fires the factory's Deferred here,
+        which fails if the outcome was already reported.
+        """
+        if self._outcome is None:
+            self._outcome = Failure(exc)
+        smtp.SMTPClient.sendError(self, exc)
+
+    def connectionLost(self, reason):
+        """
+        Report the outcome, or the reason the connection ended without one
+        (a drop after the final dot included).  Marking the send finished
+        keeps the factory from reporting (or retrying) again.
+        """
+        super().connectionLost(reason)
+        outcome = self._outcome or reason
+        self.factory.sendFinished = True
+        if isinstance(outcome, Failure):
+            self.factory.result.errback(outcome)
+        else:
+            self.factory.result.callback(outcome)
+
+
+def deliver(reactor, upstream, hostname, sender, recipients, data):
+    """
+    Send one message to the upstream and say what to answer the client.
+
+    @param upstream: the L{smtpproxy.config.Upstream} to use.
+    @param hostname: the name to give in EHLO/HELO.
+    @param sender: the envelope sender; C{""} is the null sender C{<>}.
+    @param recipients: the envelope recipients, in order.
+    @param data: a binary file positioned at the message's start, in wire
+        form (see the module docstring); only C{read(n)} is used.
+
+    @return: a Deferred that fires, exactly once and never with a failure,
+        with the client's L{replies.Reply}.
+    """
+    outcome = defer.maybeDeferred(
+        _send, reactor, upstream, hostname, sender, recipients, data
+    )
+    return outcome.addCallback(_reply).addErrback(_unavailable, upstream)
+
+
+def _send(reactor, upstream, hostname, sender, recipients, data):
+    """
+    Start the connection; return the Deferred L{RelaySender} fires.
+
+    Keyword arguments only: ESMTPSenderFactory's order is a trap.  No
+    retries, as a retry after the final dot can duplicate the message.
+    C{reactor.connectTCP}, not an endpoint: with an endpoint the factory's
+    Deferred never fires on a refused or dropped connection (fight H).
+    """
+    result = defer.Deferred()
+    factory = smtp.ESMTPSenderFactory(
+        username=None,
+        password=None,
+        fromEmail="",
+        toEmail=[recipient.encode("utf-8") for recipient in recipients],
+        file=data,
+        deferred=result,
+        retries=0,
+        timeout=upstream.timeout,
+        contextFactory=None,
+        heloFallback=True,
+        requireAuthentication=False,
+        requireTransportSecurity=False,
+    )
+    # The factory parses fromEmail with smtp.Address; RelaySender sends it raw.
+    factory.fromEmail = sender.encode("utf-8")
+    factory.protocol = RelaySender
+    factory.domain = hostname.encode("ascii")
+    factory.noisy = False
+    factory.reactor = reactor
+    reactor.connectTCP(
+        upstream.host, upstream.port, factory, timeout=upstream.connect_timeout
+    )
+    return result
+
+
+def _reply(outcome):
+    """The client's reply for the upstream's deciding reply (SPEC section 5)."""
+    code, resp = outcome
+    text = resp.decode("utf-8", "replace")
+    if code in smtp.SUCCESS:
+        return replies.relayed(250, "2.0.0", text)
+    return replies.relayed(code, f"{code // 100}.0.0", text)
+
+
+def _unavailable(failure, upstream):
+    """
+    Any failure to use the upstream is temporary for the client (never a
+    5xx: the client must retry); the cause goes to the log, once.
+    """
+    error = failure.value
+    if isinstance(error, smtp.SMTPClientError):
+        cause = error.resp.decode("utf-8", "replace")
+        if error.code > 0:
+            cause = f"{error.code} {cause}"
+    else:
+        cause = failure.getErrorMessage()
+    log.warn(
+        "upstream {host}:{port} unavailable: {cause}",
+        host=upstream.host,
+        port=upstream.port,
+        cause=replies.sanitise(cause),
+    )
+    return replies.UPSTREAM_UNAVAILABLE

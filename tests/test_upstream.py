@@ -1,0 +1,440 @@
+"""
+Tests for L{smtpproxy.upstream}: scripted upstream replies in memory, and
+Twisted's own SMTP server over loopback for the exact bytes on the wire.
+"""
+
+from io import BytesIO
+
+from twisted.internet import defer, error, reactor
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import LogLevel, capturedLogs
+from twisted.mail import smtp
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+from zope.interface import implementer
+
+from smtpproxy import replies, upstream
+from smtpproxy.config import Upstream
+
+UPSTREAM = Upstream(host="upstream.example", port=25, timeout=60, connect_timeout=15)
+CHUNK = 16384  # twisted.protocols.basic.FileSender.CHUNK_SIZE
+
+
+class Conversation:
+    """
+    One L{upstream.deliver} call on a L{MemoryReactorClock}, with the
+    upstream's replies fed by the test and the proxy's output read back.
+    """
+
+    def __init__(self, sender="", recipients=("rcpt@example.com",), data=b"Subject: hi\r\n\r\n"):
+        self.reactor = MemoryReactorClock()
+        self.results = []
+        with capturedLogs() as self.logged:
+            upstream.deliver(
+                self.reactor, UPSTREAM, "proxy.example", sender, recipients, BytesIO(data)
+            ).addCallback(self.results.append)
+        self.connects = []
+        self.connector = self.reactor.connectors[0]
+        self.connector.connect = lambda: self.connects.append(True)
+        self.factory = self.reactor.tcpClients[0][2]
+
+    def connect(self):
+        self.protocol = self.factory.buildProtocol(None)
+        self.transport = StringTransport()
+        self.protocol.makeConnection(self.transport)
+
+    def reply(self, *lines):
+        """Feed upstream reply lines; return what the proxy sent in answer."""
+        self.protocol.dataReceived(b"".join(line + b"\r\n" for line in lines))
+        return self.sent()
+
+    def sent(self):
+        value = self.transport.value()
+        self.transport.clear()
+        return value
+
+    def sendData(self):
+        """Run the FileSender (registered on the 354) to its end."""
+        while self.transport.producer is not None:
+            self.transport.producer.resumeProducing()
+        return self.sent()
+
+    def close(self, reason=error.ConnectionDone):
+        """Do what the TCP client does when the connection ends."""
+        with capturedLogs() as logged:
+            self.protocol.connectionLost(Failure(reason()))
+            self.factory.clientConnectionLost(self.connector, Failure(reason()))
+        self.logged.extend(logged)
+
+    def toRecipients(self, *rcptReplies):
+        """Greeting, EHLO, MAIL and the given RCPT replies; return the last output."""
+        self.connect()
+        assert self.reply(b"220 upstream.example ESMTP") == b"EHLO proxy.example\r\n"
+        assert self.reply(b"250-upstream.example", b"250 PIPELINING") == b"MAIL FROM:<>\r\n"
+        sent = self.reply(b"250 2.1.0 Ok")
+        for line in rcptReplies:
+            sent = self.reply(line)
+        return sent
+
+    def toData(self):
+        """Everything up to and including the data and its final dot."""
+        assert self.toRecipients(b"250 2.1.5 Ok") == b"DATA\r\n"
+        assert self.reply(b"354 End data with <CR><LF>.<CR><LF>") == b""
+        return self.sendData()
+
+    def finish(self, quitReply=b"221 2.0.0 Bye"):
+        """Answer the QUIT and close; return the reply (the Deferred has fired)."""
+        self.reply(quitReply)
+        assert self.transport.disconnecting
+        self.close()
+        [reply] = self.results
+        return reply
+
+    def warnings(self):
+        return [e for e in self.logged if e["log_level"] is LogLevel.warn]
+
+
+class InMemoryTests(unittest.TestCase):
+    """The sender against scripted upstream replies."""
+
+    def assertUnavailable(self, conversation):
+        self.assertEqual(conversation.results, [replies.UPSTREAM_UNAVAILABLE])
+        self.assertEqual(len(conversation.warnings()), 1)
+        self.assertEqual(conversation.warnings()[0]["log_namespace"], "smtpproxy.upstream")
+        self.assertEqual(conversation.connects, [])
+        self.assertEqual(len(conversation.reactor.tcpClients), 1)
+
+    def test_connectArguments(self):
+        c = Conversation()
+        host, port, factory, timeout, _ = c.reactor.tcpClients[0]
+        self.assertEqual((host, port, timeout), ("upstream.example", 25, 15))
+        self.assertEqual((factory.timeout, factory.noisy), (60, False))
+
+    def test_success(self):
+        """The data goes byte for byte, then C{.}; the queue id is relayed after the close."""
+        data = b"..\r\nRSET\r\nSubject: x\r\n\r\n..dot\r\n.\tnot end\r\nlast\r\n"
+        c = Conversation(data=data)
+        self.assertEqual(c.toData(), data + b".\r\n")
+        self.assertEqual(c.reply(b"250 2.0.0 Ok: queued as ABC"), b"QUIT\r\n")
+        self.assertEqual(c.results, [])
+        self.assertEqual(c.finish(), replies.Reply(250, "2.0.0 Ok: queued as ABC"))
+        self.assertEqual(c.warnings(), [])
+
+    def test_successTextWithoutEnhancedCode(self):
+        c = Conversation()
+        c.toData()
+        c.reply(b"250 queued as ABC")
+        self.assertEqual(c.finish(), replies.Reply(250, "2.0.0 queued as ABC"))
+
+    def test_emptyData(self):
+        c = Conversation(data=b"")
+        self.assertEqual(c.toData(), b".\r\n")
+
+    def test_addressesAsGiven(self):
+        """Null sender, domain literal, quoted local part: written unchanged."""
+        c = Conversation(
+            sender="user@[192.0.2.1]", recipients=['"john doe"@example.com', "Postmaster"]
+        )
+        c.connect()
+        c.reply(b"220 upstream.example ESMTP")
+        self.assertEqual(c.reply(b"250 upstream.example"), b"MAIL FROM:<user@[192.0.2.1]>\r\n")
+        self.assertEqual(c.reply(b"250 Ok"), b'RCPT TO:<"john doe"@example.com>\r\n')
+        self.assertEqual(c.reply(b"250 Ok"), b"RCPT TO:<Postmaster>\r\n")
+
+    def test_heloFallback(self):
+        c = Conversation()
+        c.connect()
+        c.reply(b"220 upstream.example SMTP")
+        self.assertEqual(c.reply(b"502 5.5.2 Command not recognized"), b"HELO proxy.example\r\n")
+        self.assertEqual(c.reply(b"250 upstream.example"), b"MAIL FROM:<>\r\n")
+
+    def test_heloRefused(self):
+        """EHLO and HELO refused: give up (the stock code sends HELO forever)."""
+        c = Conversation()
+        c.connect()
+        c.reply(b"220 upstream.example SMTP")
+        c.reply(b"502 5.5.2 Command not recognized")
+        self.assertEqual(c.reply(b"550 5.7.1 Go away"), b"")
+        self.assertTrue(c.transport.disconnecting)
+        c.close()
+        self.assertUnavailable(c)
+
+    def test_greetingRefused(self):
+        """A 554 greeting is about the proxy's connection, not the message: 451."""
+        c = Conversation()
+        c.connect()
+        c.reply(b"554 5.3.2 No service")
+        c.close()
+        self.assertUnavailable(c)
+
+    def test_secondRecipientRefused(self):
+        """All or nothing: no DATA; the refusal is relayed."""
+        c = Conversation(recipients=["a@example.com", "b@example.com"])
+        self.assertEqual(c.toRecipients(b"250 2.1.5 Ok"), b"RCPT TO:<b@example.com>\r\n")
+        self.assertEqual(c.reply(b"550 5.1.1 <b@example.com>: User unknown"), b"QUIT\r\n")
+        self.assertEqual(
+            c.finish(), replies.Reply(550, "5.1.1 <b@example.com>: User unknown")
+        )
+
+    def test_permanentRefusalWins(self):
+        c = Conversation(recipients=["a@example.com", "b@example.com", "c@example.com"])
+        sent = c.toRecipients(
+            b"450 4.2.1 Mailbox busy", b"550 5.1.1 No such user", b"250 2.1.5 Ok"
+        )
+        self.assertEqual(sent, b"QUIT\r\n")
+        self.assertEqual(c.finish(), replies.Reply(550, "5.1.1 No such user"))
+
+    def test_temporaryRefusal(self):
+        c = Conversation(recipients=["a@example.com", "b@example.com"])
+        self.assertEqual(c.toRecipients(b"250 2.1.5 Ok", b"450 Mailbox busy"), b"QUIT\r\n")
+        self.assertEqual(c.finish(), replies.Reply(450, "4.0.0 Mailbox busy"))
+
+    def test_multilineRefusal(self):
+        c = Conversation()
+        c.toRecipients(b"550-5.1.1 No such user", b"550 5.1.1 Try another")
+        self.assertEqual(c.finish(), replies.Reply(550, "5.1.1 No such user 5.1.1 Try another"))
+
+    def test_senderRefused(self):
+        c = Conversation()
+        c.connect()
+        c.reply(b"220 upstream.example ESMTP")
+        c.reply(b"250 upstream.example")
+        self.assertEqual(c.reply(b"553 5.7.1 Sender rejected"), b"QUIT\r\n")
+        self.assertEqual(c.finish(), replies.Reply(553, "5.7.1 Sender rejected"))
+
+    def test_dataRefused(self):
+        c = Conversation()
+        self.assertEqual(c.toRecipients(b"250 2.1.5 Ok"), b"DATA\r\n")
+        self.assertEqual(c.reply(b"452 4.3.1 Insufficient system storage"), b"QUIT\r\n")
+        self.assertIsNone(c.transport.producer)
+        self.assertEqual(c.finish(), replies.Reply(452, "4.3.1 Insufficient system storage"))
+
+    def test_dataAnsweredWithSuccess(self):
+        """A 250 to DATA is not a delivery: nothing was sent."""
+        c = Conversation()
+        c.toRecipients(b"250 2.1.5 Ok")
+        c.reply(b"250 2.0.0 Ok")
+        self.assertTrue(c.transport.disconnecting)
+        c.close()
+        self.assertUnavailable(c)
+
+    def test_finalRefused(self):
+        c = Conversation()
+        c.toData()
+        self.assertEqual(c.reply(b"554 5.7.1 Rejected as spam"), b"QUIT\r\n")
+        reply = c.finish(quitReply=b"221 Bye")
+        self.assertEqual(reply, replies.Reply(554, "5.7.1 Rejected as spam"))
+
+    def test_silentUpstream(self):
+        """The timeout is per step; past it the connection is aborted: 451."""
+        c = Conversation()
+        c.connect()
+        c.reactor.advance(59)
+        c.reply(b"220 upstream.example ESMTP")
+        c.reactor.advance(59)
+        c.reply(b"250 upstream.example")
+        c.reactor.advance(59)
+        self.assertFalse(c.transport.disconnecting)
+        c.reactor.advance(1)
+        self.assertTrue(c.transport.disconnected)
+        self.assertEqual(c.results, [])
+        c.close(error.ConnectionAborted)
+        self.assertUnavailable(c)
+        self.assertIn("Timeout", c.warnings()[0]["cause"])
+
+    def test_silentAfterSuccess(self):
+        """A timeout waiting for the QUIT reply does not undo the delivery."""
+        c = Conversation()
+        c.toData()
+        c.reply(b"250 2.0.0 Ok: queued as ABC")
+        c.reactor.advance(60)
+        self.assertTrue(c.transport.disconnected)
+        c.close(error.ConnectionAborted)
+        self.assertEqual(c.results, [replies.Reply(250, "2.0.0 Ok: queued as ABC")])
+
+    def test_connectionFailed(self):
+        """Refused or timed out: 451, and no second connection."""
+        c = Conversation()
+        with capturedLogs() as logged:
+            refused = Failure(error.ConnectionRefusedError())
+            c.factory.clientConnectionFailed(c.connector, refused)
+        c.logged.extend(logged)
+        self.assertUnavailable(c)
+        self.assertIn("Connection was refused", c.warnings()[0]["cause"])
+
+    def test_lostAfterFinalDot(self):
+        """The outcome is unknown: 451, and no resend (no duplicates)."""
+        c = Conversation()
+        self.assertTrue(c.toData().endswith(b".\r\n"))
+        c.close(error.ConnectionLost)
+        self.assertUnavailable(c)
+
+    def test_lostBeforeGreeting(self):
+        c = Conversation()
+        c.connect()
+        c.close(error.ConnectionLost)
+        self.assertUnavailable(c)
+
+    def test_garbledReply(self):
+        c = Conversation()
+        c.connect()
+        c.reply(b"hello")
+        self.assertTrue(c.transport.disconnecting)
+        c.close()
+        self.assertUnavailable(c)
+
+    def test_badHostname(self):
+        """Even a set-up error gives a reply, never a failure."""
+        with capturedLogs() as logged:
+            d = upstream.deliver(
+                MemoryReactorClock(), UPSTREAM, "pr\u00f6xy", "", ["a@b"], BytesIO(b"")
+            )
+        self.assertEqual(self.successResultOf(d), replies.UPSTREAM_UNAVAILABLE)
+        self.assertEqual(len(logged), 1)
+
+
+@implementer(smtp.IMessage)
+class CapturedMessage:
+    def __init__(self, delivery):
+        self.delivery = delivery
+        self.lines = []
+
+    def lineReceived(self, line):
+        self.lines.append(line)
+
+    def eomReceived(self):
+        self.delivery.messages.append(self.lines)
+        return defer.succeed(None)
+
+    def connectionLost(self):
+        pass
+
+
+@implementer(smtp.IMessageDelivery)
+class CapturingDelivery:
+    def __init__(self):
+        self.messages = []
+
+    def receivedHeader(self, helo, origin, recipients):
+        return None
+
+    def validateFrom(self, helo, origin):
+        return origin
+
+    def validateTo(self, user):
+        return lambda: CapturedMessage(self)
+
+
+class RecordingESMTP(smtp.ESMTP):
+    """Twisted's server, recording the raw bytes and when it is closed."""
+
+    def connectionMade(self):
+        self.received = []
+        self.closed = defer.Deferred()
+        super().connectionMade()
+
+    def dataReceived(self, data):
+        self.received.append(data)
+        super().dataReceived(data)
+
+    def connectionLost(self, reason):
+        super().connectionLost(reason)
+        self.closed.callback(None)
+
+
+class RecordingFactory(smtp.SMTPFactory):
+    protocol = RecordingESMTP
+    domain = b"upstream.example"
+
+    def __init__(self):
+        super().__init__()
+        self.delivery = CapturingDelivery()
+        self.protocols = []
+
+    def buildProtocol(self, addr):
+        p = super().buildProtocol(addr)
+        p.delivery = self.delivery
+        self.protocols.append(p)
+        return p
+
+
+def lineAt(data, offset, line):
+    """Pad C{data} with filler lines so that C{line} starts at C{offset}."""
+    gap = offset - len(data)
+    assert gap == 0 or gap >= 2
+    while gap > 1002:
+        data += b"x" * 998 + b"\r\n"
+        gap -= 1000
+    if gap:
+        data += b"y" * (gap - 2) + b"\r\n"
+    return data + line
+
+
+def unstuffed(data):
+    return [line[1:] if line.startswith(b".") else line for line in data.split(b"\r\n")[:-1]]
+
+
+class LoopbackTests(unittest.TestCase):
+    """The sender against Twisted's SMTP server over real loopback sockets."""
+
+    def setUp(self):
+        self.server = RecordingFactory()
+        self.port = reactor.listenTCP(0, self.server, interface="127.0.0.1")
+        self.addCleanup(self.port.stopListening)
+        self.upstream = Upstream(host="127.0.0.1", port=self.port.getHost().port, timeout=10)
+
+    def deliver(self, sender, recipients, data):
+        return upstream.deliver(
+            reactor, self.upstream, "proxy.example", sender, recipients, BytesIO(data)
+        )
+
+    def whenClosed(self, reply):
+        closed = defer.gatherResults([p.closed for p in self.server.protocols])
+        return closed.addCallback(lambda _: reply)
+
+    @defer.inlineCallbacks
+    def test_dotsAtChunkBoundaries(self):
+        """
+        Lines starting with a dot at the start of the data and exactly at
+        FileSender chunk boundaries, end-marker lookalikes among them, reach
+        the upstream as sent and come out as one unstuffed message.
+        """
+        data = b"..\r\nRSET\r\n"
+        data = lineAt(data, CHUNK, b"..\r\nMAIL FROM:<evil@example.com>\r\n")
+        data = lineAt(data, 2 * CHUNK - 1, b"..\r\nRCPT TO:<evil@example.com>\r\n")
+        data = lineAt(data, 3 * CHUNK - 1, b"\r\n..x\r\n")
+        data = lineAt(data, 4 * CHUNK, b"..\r\nQUIT\r\n")
+        recipients = ["a@example.com", "b@example.com"]
+        reply = yield self.deliver("", recipients, data)
+        yield self.whenClosed(reply)
+        self.assertEqual(reply, replies.Reply(250, "2.0.0 Delivery in progress"))
+        [server] = self.server.protocols
+        self.assertEqual(
+            b"".join(server.received),
+            b"EHLO proxy.example\r\nMAIL FROM:<>\r\n"
+            b"RCPT TO:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n"
+            + data + b".\r\nQUIT\r\n",
+        )
+        # Twisted's server puts an empty line before a first line without a colon.
+        expected = [b""] + unstuffed(data)
+        self.assertEqual(self.server.delivery.messages, [expected, expected])
+
+    @defer.inlineCallbacks
+    def test_exactBytes(self):
+        data = b"From: a@example.com\r\nSubject: \xc3\xa4\r\n\r\nbody\r\n\r\n"
+        reply = yield self.deliver("s@example.com", ["r@example.com"], data)
+        yield self.whenClosed(reply)
+        self.assertEqual(reply.code, 250)
+        received = b"".join(self.server.protocols[0].received)
+        self.assertIn(b"MAIL FROM:<s@example.com>\r\n", received)
+        self.assertTrue(received.endswith(b"DATA\r\n" + data + b".\r\nQUIT\r\n"))
+        self.assertEqual(self.server.delivery.messages, [unstuffed(data)])
+
+    @defer.inlineCallbacks
+    def test_connectionRefused(self):
+        yield self.port.stopListening()
+        with capturedLogs() as logged:
+            reply = yield self.deliver("", ["a@example.com"], b"")
+        self.assertEqual(reply, replies.UPSTREAM_UNAVAILABLE)
+        ours = [e for e in logged if e.get("log_namespace") == "smtpproxy.upstream"]
+        self.assertEqual([e["log_level"] for e in ours], [LogLevel.warn])
