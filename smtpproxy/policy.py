@@ -1,0 +1,174 @@
+"""
+The policy API client: one POST per message (SPEC section 3), the answer
+judged by L{smtpproxy.answer}.
+
+Whatever goes wrong on the way (refused connection, TLS failure, timeout,
+redirect, oversized or malformed answer) ends as the 451 decision and one
+warning naming the cause, so the caller has exactly one thing to handle: a
+L{Decision}.  The request body is never logged: it holds the client's
+password.
+"""
+
+import json
+import re
+
+from treq.client import HTTPClient
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
+from twisted.internet.protocol import Protocol
+from twisted.internet.ssl import Certificate, trustRootFromCertificates
+from twisted.logger import Logger
+from twisted.web.client import (
+    Agent,
+    BrowserLikePolicyForHTTPS,
+    HTTPConnectionPool,
+    RequestGenerationFailed,
+    RequestTransmissionFailed,
+    ResponseDone,
+    ResponseFailed,
+)
+from twisted.web.http import PotentialDataLoss
+
+from smtpproxy.answer import Decision, parse_answer
+
+MAX_ANSWER = 1024 * 1024
+
+log = Logger(namespace="smtpproxy.policy")
+
+_PEM_CERTIFICATE = re.compile(
+    rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL
+)
+_WRAPPERS = (RequestGenerationFailed, RequestTransmissionFailed, ResponseFailed)
+
+
+class AnswerTooLarge(Exception):
+    """The API's answer body is over L{MAX_ANSWER} bytes."""
+
+
+class PolicyClient:
+    """
+    Asks the policy API about messages over one persistent connection pool.
+
+    @param http: a treq L{HTTPClient} to use instead of the pooled one
+        (L{treq.testing.StubTreq} in unit tests).
+    """
+
+    def __init__(self, reactor, policy, http=None):
+        self._reactor = reactor
+        self._policy = policy
+        self._pool = None
+        if http is None:
+            self._pool = HTTPConnectionPool(reactor, persistent=True)
+            tls = BrowserLikePolicyForHTTPS(_trust_root(policy.ca_path))
+            http = HTTPClient(Agent(reactor, contextFactory=tls, pool=self._pool))
+        self._http = http
+
+    def check(self, request: dict) -> Deferred:
+        """
+        POST C{request} (from L{smtpproxy.answer.build_request}) and fire
+        with the L{Decision}; never errback, except with L{CancelledError}
+        after the caller cancels, which aborts the HTTP exchange.
+        """
+        exchange = maybeDeferred(self._exchange, request)
+        exchange.addTimeout(self._policy.timeout, self._reactor, onTimeoutCancel=_timed_out)
+
+        def cancel(decision):
+            # Fail the caller's Deferred first, so the aborted exchange's
+            # error finds it already fired and is dropped unlogged.
+            decision.errback(CancelledError())
+            exchange.cancel()
+
+        decision = Deferred(cancel)
+
+        def settle(outcome):
+            if decision.called:
+                return
+            if not isinstance(outcome, Decision):
+                outcome = Decision.unavailable(_describe(outcome))
+            if outcome.cause is not None:
+                log.warn("policy API unavailable: {cause}", cause=outcome.cause)
+            decision.callback(outcome)
+
+        exchange.addBoth(settle)
+        return decision
+
+    def _exchange(self, request):
+        d = self._http.post(
+            self._policy.url,
+            data=json.dumps(request, ensure_ascii=False).encode("utf-8"),
+            headers={"Content-Type": "application/json"},
+            allow_redirects=False,
+            unbuffered=True,
+        )
+        return d.addCallback(self._answered)
+
+    def _answered(self, response):
+        reader = _AnswerReader()
+        response.deliverBody(reader)
+        return reader.done.addCallback(lambda body: parse_answer(response.code, body))
+
+    def close(self) -> Deferred:
+        """Close the pooled connections (at shutdown and in tests)."""
+        if self._pool is None:
+            return succeed(None)
+        return self._pool.closeCachedConnections()
+
+
+class _AnswerReader(Protocol):
+    """
+    Reads the answer body, at most L{MAX_ANSWER} bytes.  Unlike
+    L{treq.collect}, cancelling C{done} (the deadline, the caller) closes the
+    connection, so an API that stalls mid-body cannot keep a socket.
+    """
+
+    def __init__(self):
+        self._body = bytearray()
+        self.done = Deferred(lambda _: self.transport.loseConnection())
+
+    def dataReceived(self, data):
+        if self.done.called:
+            return
+        self._body += data
+        if len(self._body) > MAX_ANSWER:
+            self.transport.loseConnection()
+            self.done.errback(AnswerTooLarge(f"answer over {MAX_ANSWER} bytes"))
+
+    def connectionLost(self, reason):
+        if self.done.called:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback(bytes(self._body))
+        else:
+            self.done.errback(reason)
+
+
+def _trust_root(ca_path):
+    """
+    The certificates in the PEM file C{ca_path} (a bundle may hold several),
+    or the platform's trust store when there is none.  Read once, at start-up,
+    so a missing or broken file stops the proxy instead of every message.
+    """
+    if ca_path is None:
+        return None
+    with open(ca_path, "rb") as f:
+        blocks = _PEM_CERTIFICATE.findall(f.read())
+    if not blocks:
+        raise ValueError(f"no PEM certificate in {ca_path}")
+    return trustRootFromCertificates([Certificate.loadPEM(block) for block in blocks])
+
+
+def _timed_out(result, timeout):
+    """
+    The whole exchange took too long: that is the cause, whatever the
+    cancelled request failed with.
+    """
+    return Decision.unavailable(f"no answer within {timeout} seconds")
+
+
+def _describe(failure):
+    """
+    A one-line cause for the log.  Twisted's HTTP client wraps the real
+    errors (refused, TLS verification, cancelled) in lists of failures.
+    """
+    if isinstance(failure.value, _WRAPPERS):
+        return "; ".join(_describe(reason) for reason in failure.value.reasons)
+    return f"{failure.type.__name__}: {failure.getErrorMessage()}"
