@@ -1,0 +1,195 @@
+"""
+One mail transaction, from MAIL FROM to the reply after the final dot.
+
+L{Transaction} is the proxy's C{IMessageDelivery}: it collects the
+envelope.  L{Message} receives the data: it splits off the header block,
+asks the policy API as soon as that block is complete (while the body may
+still be arriving), spools the body to a temporary file past a small
+in-memory threshold, and after the final dot either refuses or delivers
+upstream.  Its L{Message.eomReceived} always fires with the L{Reply} the
+client must hear; it never fails, so no cause can turn into Twisted's
+generic "550 Could not send e-mail".
+"""
+
+import io
+import tempfile
+
+from twisted.internet.defer import succeed
+from twisted.logger import Logger
+from twisted.mail import smtp
+from zope.interface import implementer
+
+from smtpproxy import replies
+from smtpproxy.answer import build_request
+from smtpproxy.headers import HeaderReader, HeaderTooLarge
+
+log = Logger(namespace="smtpproxy.message")
+
+
+@implementer(smtp.IMessageDelivery)
+class Transaction:
+    """
+    The envelope of one message.
+
+    Addresses arrive as strings already checked by L{smtpproxy.commands},
+    which is stricter than Twisted's C{Address}.
+
+    @ivar services: the factory: config, clock, policy client, delivery.
+    @ivar login: the client's L{smtpproxy.auth.Login}.
+    @ivar client: the client's address (as C{transport.getPeer()} gives it).
+    @ivar helo: the client's EHLO/HELO argument.
+    """
+
+    def __init__(self, services, login, client, helo):
+        self.services = services
+        self.login = login
+        self.client = client
+        self.helo = helo
+        self.sender = None
+        self.recipients = []
+
+    def receivedHeader(self, helo, origin, recipients):
+        """The proxy adds no trace header: the upstream does (SPEC section 4)."""
+        return None
+
+    def validateFrom(self, helo, origin):
+        self.sender = origin
+        return origin
+
+    def validateTo(self, user):
+        self.recipients.append(user)
+        return self.begin
+
+    def begin(self):
+        """The one L{Message} for all recipients (TWISTED-NOTES fight B)."""
+        return Message(self)
+
+
+class Message:
+    """
+    The data of one transaction, in wire form (see L{smtpproxy.framing}).
+    """
+
+
+    def __init__(self, transaction):
+        self.transaction = transaction
+        services = transaction.services
+        self._limits = services.config.limits
+        self._clock = services.reactor
+        self._started = self._clock.seconds()
+        self._headers = HeaderReader(self._limits.max_header_size)
+        self._block = None
+        self._spool = tempfile.SpooledTemporaryFile(max_size=self._limits.spool_memory)
+        self._size = 0
+        self._refusal = None
+        self._decision = None
+        self._outcome = "refused"
+        self._api_time = None
+
+    def dataReceived(self, data):
+        """Take the next piece of the message."""
+        if self._refusal is not None:
+            return
+        self._size += len(data)
+        if self._size > self._limits.max_message_size:
+            self.refuse(replies.MESSAGE_TOO_BIG)
+            return
+        if self._block is None:
+            try:
+                data = self._headers.feed(data)
+            except HeaderTooLarge:
+                self.refuse(replies.HEADER_TOO_BIG)
+                return
+            if data is None:
+                return
+            self._ask(self._headers.block)
+        try:
+            self._spool.write(data)
+        except OSError:
+            log.failure("cannot spool a message")
+            self.refuse(replies.LOCAL_ERROR)
+
+    def refuse(self, reply):
+        """Give up on this message: C{reply} is the answer to the final dot."""
+        if self._refusal is None:
+            self._refusal = reply
+            self.connectionLost()
+
+    def _ask(self, block):
+        """Start the policy call: the header block is complete."""
+        self._block = block
+        t = self.transaction
+        request = build_request(
+            t.login, t.sender, t.recipients, block.for_api(), t.client.host, t.helo
+        )
+        self._asked = self._clock.seconds()
+        self._decision = t.services.policy.check(request)
+
+    def eomReceived(self):
+        """The final dot arrived: a Deferred firing with the client's reply."""
+        if self._refusal is not None:
+            done = succeed(self._refusal)
+        else:
+            if self._block is None:
+                self._ask(self._headers.finish())
+            done = self._decision.addCallback(self._decided)
+        done.addErrback(self._crashed)
+        return done.addCallback(self._finished)
+
+    def _decided(self, decision):
+        self._api_time = self._clock.seconds() - self._asked
+        if not decision.allowed:
+            unavailable = decision.reply == replies.POLICY_UNAVAILABLE
+            self._outcome = "unavailable" if unavailable else "deny"
+            return decision.reply
+        self._outcome = "allow"
+        self._spool.seek(0)
+        data = _Concatenation(self._block.rewrite(decision.headers), self._spool)
+        t = self.transaction
+        sender = t.sender if decision.sender is None else decision.sender
+        return t.services.deliver(sender, t.recipients, data)
+
+    def _crashed(self, failure):
+        log.failure("message handling failed", failure)
+        return replies.LOCAL_ERROR
+
+    def _finished(self, reply):
+        self._spool.close()
+        t = self.transaction
+        api = "-" if self._api_time is None else f"{self._api_time * 1000:.0f}ms"
+        log.info(
+            "message client={client} user={user!r} from=<{sender}> rcpts={count} "
+            "size={size} policy={outcome} api={api} reply={code} {text} "
+            "time={time:.0f}ms",
+            client=t.client.host,
+            user=t.login.username,
+            sender=t.sender,
+            count=len(t.recipients),
+            size=self._size,
+            outcome=self._outcome,
+            api=api,
+            code=reply.code,
+            text=reply.text,
+            time=(self._clock.seconds() - self._started) * 1000,
+        )
+        return reply
+
+    def connectionLost(self):
+        """The client is gone or the message was refused: drop everything."""
+        if self._decision is not None:
+            self._decision.addErrback(lambda failure: None)
+            self._decision.cancel()
+        self._spool.close()
+
+
+class _Concatenation:
+    """A read-only file of a byte string followed by a file: what goes upstream."""
+
+    def __init__(self, head, rest):
+        self._head = io.BytesIO(head)
+        self._rest = rest
+
+    def read(self, size=-1):
+        if size < 0:
+            return self._head.read() + self._rest.read()
+        return self._head.read(size) or self._rest.read(size)
