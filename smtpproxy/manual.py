@@ -1,0 +1,75 @@
+"""
+The text C{--man} prints: what the proxy does, then every option.
+
+The option reference is generated from L{smtpproxy.tap.Options}, so the
+manual and C{--help} cannot disagree.
+"""
+
+from smtpproxy._version import __version__
+
+DESCRIPTION = """\
+NAME
+    smtpproxy - SMTP submission proxy that asks a policy API before relaying
+
+SYNOPSIS
+    twistd -n smtpproxy --listen=127.0.0.1:587 --tohost=mx.example --toport=25 \\
+        --tls_cert=cert.pem --tls_key=key.pem --api=https://policy.example/check
+
+DESCRIPTION
+    Mail clients connect, must use STARTTLS, and log in with AUTH PLAIN or
+    LOGIN.  The proxy collects the login, the envelope (MAIL FROM and every
+    RCPT TO) and the message's header block, then POSTs one JSON request to
+    the policy API:
+
+        {"username": "...", "password": "...", "from": "a@b.example",
+         "to": ["x@y.example"], "headers": [{"name": "Subject", "value": "hi"}],
+         "client_address": "192.0.2.1", "helo": "client.example"}
+
+    The API answers {"allow": true, "headers": [{"name": ..., "value": ...}]}
+    (headers to add; a null value removes; a name replaces every header of
+    that name; an optional "from" replaces the envelope sender) or
+    {"allow": false, "reason": "...", "temporary": false}.
+
+    Once the whole message has arrived and is allowed, the proxy relays it
+    to --tohost:--toport and gives the client the upstream's answer.  The
+    client hears 250 only after the upstream accepted the message.
+
+REPLIES AFTER THE FINAL DOT
+    250 2.0.0 <upstream text>     the upstream accepted the message
+    550 5.7.1 <reason>            the API refused the message
+    450 4.7.1 <reason>            the API refused it for now ("temporary")
+    451 4.3.0                     the API was down, slow or answered nonsense
+    451 4.4.1                     the upstream was unreachable, slow or dropped
+    4xx/5xx <upstream text>       the upstream refused (any refused recipient
+                                  fails the whole message: nobody gets it)
+    550 5.6.0                     the message contained a bare CR or LF
+    552 5.3.4                     the message or its header block was too big
+
+LOGS
+    --logpath gets one info line per message (client, user, sender, recipient
+    count, size, policy decision and latency, reply, time).  --smtplog gets
+    every command and reply; AUTH data shows as [REDACTED] unless
+    --credentials is given.  No password is logged anywhere else.
+"""
+
+
+def text(options):
+    """The manual, with the option reference taken from C{options}."""
+    lines = [DESCRIPTION, "OPTIONS"]
+    for label, doc in _options(options):
+        lines.append(f"    --{label}")
+        lines.append(f"        {doc}")
+    lines.append("")
+    lines.append(f"VERSION\n    smtpproxy {__version__}")
+    return "\n".join(lines)
+
+
+def _options(options):
+    for name, _, default, doc, *_ in options.optParameters:
+        suffix = f" [default: {default}]" if default is not None else ""
+        yield f"{name}=VALUE", doc + suffix
+    for name, _, doc in options.optFlags:
+        yield name, doc
+    yield "listen=ADDR", options.opt_listen.__doc__
+    yield "version", options.opt_version.__doc__
+    yield "man", options.opt_man.__doc__

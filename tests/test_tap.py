@@ -1,0 +1,127 @@
+"""
+Tests for L{smtpproxy.tap}: options, start-up errors and the service.
+"""
+
+import io
+import os
+import sys
+
+from twisted.application.service import Application, IProcess
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import ILogObserver
+from twisted.trial.unittest import SynchronousTestCase
+
+from smtpproxy import tap
+from tests.support.certs import make_certificates
+
+
+class EndpointTests(SynchronousTestCase):
+    def test_legacy_forms(self):
+        self.assertEqual(tap.endpoint_description("127.0.0.1:2525"), "tcp:2525:interface=127.0.0.1")
+        self.assertEqual(tap.endpoint_description(":25"), "tcp:25")
+        self.assertEqual(tap.endpoint_description("[::1]:587"), r"tcp6:587:interface=\:\:1")
+
+    def test_endpoint_strings_pass(self):
+        for text in ["tcp:587", "haproxy:tcp:587", "systemd:domain=INET:index=0", "unix:/run/s"]:
+            self.assertEqual(tap.endpoint_description(text), text)
+
+
+class OptionsTests(SynchronousTestCase):
+    def setUp(self):
+        directory = self.mktemp()
+        os.mkdir(directory)
+        certs = make_certificates(directory)
+        self.cert, self.key = certs.cert_path, certs.key_path
+        self.stderr = io.StringIO()
+        self.patch(sys, "stderr", self.stderr)
+        self.stdout = io.StringIO()
+        self.patch(sys, "stdout", self.stdout)
+
+    def arguments(self, **changes):
+        values = {"listen": "127.0.0.1:0", "tohost": "127.0.0.1", "toport": "25",
+                  "tls_cert": self.cert, "tls_key": self.key, "api": "http://127.0.0.1:1/"}
+        values.update(changes)
+        return [f"--{k}={v}" for k, v in values.items() if v is not None]
+
+    def parse(self, arguments):
+        options = tap.Options()
+        options.parseOptions(arguments)
+        return options
+
+    def failure(self, arguments):
+        """The one stderr line and the exit code of a refused start."""
+        with self.assertRaises(SystemExit) as raised:
+            self.parse(arguments)
+        return self.stderr.getvalue(), raised.exception.code
+
+    def test_complete(self):
+        options = self.parse(self.arguments() + ["--listen=[::1]:0"])
+        self.assertEqual(options["listen"], ["127.0.0.1:0", "[::1]:0"])
+        config = tap.config_from(options)
+        self.assertEqual(config.upstream.port, 25)
+        self.assertEqual(config.policy.timeout, 30)
+        self.assertFalse(config.transcript)
+
+    def test_missing_mandatory(self):
+        line, code = self.failure(self.arguments(api=None, listen=None))
+        self.assertEqual(line, "smtpproxy: missing mandatory option --listen, --api (see --help)\n")
+        self.assertEqual(code, 2)
+
+    def test_unreadable_key(self):
+        line, code = self.failure(self.arguments(tls_key="/nonexistent/key.pem"))
+        self.assertEqual(line, "smtpproxy: cannot read key /nonexistent/key.pem: No such file or directory\n")
+        self.assertEqual(code, 2)
+
+    def test_key_not_matching(self):
+        directory = self.mktemp()
+        os.mkdir(directory)
+        other = make_certificates(directory).key_path
+        line, _ = self.failure(self.arguments(tls_key=other))
+        self.assertIn("does not match certificate", line)
+
+    def test_garbage_certificate(self):
+        line, _ = self.failure(self.arguments(tls_cert=self.key))
+        self.assertTrue(line.startswith(f"smtpproxy: cannot read certificate {self.key}"))
+
+    def test_bad_loglevel(self):
+        line, _ = self.failure(self.arguments(loglevel="loud"))
+        self.assertIn("--loglevel must be one of debug, info, warn, error, fatal", line)
+
+    def test_unknown_user(self):
+        line, _ = self.failure(self.arguments(user="no-such-user-here"))
+        self.assertEqual(line, "smtpproxy: --user: no such user no-such-user-here\n")
+
+    def test_version(self):
+        with self.assertRaises(SystemExit) as raised:
+            self.parse(["--version"])
+        self.assertEqual(raised.exception.code, 0)
+        self.assertRegex(self.stdout.getvalue(), r"^smtpproxy \d+\.\d+\.\d+\n$")
+
+    def test_man_lists_every_option(self):
+        with self.assertRaises(SystemExit):
+            self.parse(["--man"])
+        manual = self.stdout.getvalue()
+        for name in ["listen", "user", "tohost", "toport", "tls_cert", "tls_key", "api",
+                     "logpath", "loglevel", "smtplog", "credentials", "max_recipients"]:
+            self.assertIn("--" + name, manual)
+
+    def test_help_shows_defaults(self):
+        text = str(tap.Options())
+        self.assertIn("--api_timeout=", text)
+        self.assertIn("[default: 30.0]", text)
+
+    def test_service(self):
+        """Listeners, the log observer and the user reach twistd's application."""
+        options = self.parse(self.arguments(user="nobody", smtplog=self.mktemp()))
+        service = tap.makeService(options, reactor=MemoryReactorClock())
+        self.assertEqual(len(list(service)), 1)
+        application = Application("test")
+        service.setServiceParent(application)
+        self.assertIsInstance(application.getComponent(ILogObserver), tap.LogRouter)
+        self.assertEqual(IProcess(application).uid, 65534)
+
+    def test_bad_endpoint(self):
+        options = self.parse(self.arguments(listen="bogus:thing"))
+        with self.assertRaises(SystemExit):
+            tap.makeService(options, reactor=MemoryReactorClock())
+        self.assertIn("--listen=bogus:thing", self.stderr.getvalue())
