@@ -112,8 +112,11 @@ class OptionsTests(SynchronousTestCase):
 
     def test_service(self):
         """Listeners, the log observer and the user reach twistd's application."""
-        options = self.parse(self.arguments(user="nobody", smtplog=self.mktemp()))
+        opened = []
+        self.patch(tap, "_open", lambda path: opened.append(path) or io.StringIO())
+        options = self.parse(self.arguments(user="nobody", logpath="main.log", smtplog="smtp.log"))
         service = tap.makeService(options, reactor=MemoryReactorClock())
+        self.assertEqual(opened, ["main.log", "smtp.log"])
         self.assertEqual(len(list(service)), 1)
         application = Application("test")
         service.setServiceParent(application)

@@ -1,0 +1,78 @@
+"""
+The whole proxy on loopback: a fake policy API, a recording upstream, and
+the real proxy between them, with real TLS.
+
+End-to-end tests start one L{Stack} per test and change the API's answer
+or the upstream's script as the case needs.
+"""
+
+import os
+
+from twisted.internet import defer
+
+from smtpproxy import Limits, Policy, ProxyConfig, Upstream, build_factory
+from smtpproxy.tls import load_context
+from tests.support.api import start_api
+from tests.support.certs import client_options, make_certificates
+from tests.support.client import connect, send_mail
+from tests.support.loopback import listen_loopback
+from tests.support.upstream import start_upstream
+
+USER, PASSWORD = "alice", "s3cret"
+
+
+def allow(request):
+    """The default API answer: allow, adding one header."""
+    return {"allow": True, "headers": [{"name": "X-Policy", "value": "checked"}]}
+
+
+class Stack:
+    """
+    @ivar api: the L{tests.support.api.FakeApi}.
+    @ivar upstream: the L{tests.support.upstream.FakeUpstream}.
+    @ivar port: the proxy's port.
+    @ivar client_tls: client TLS options that trust the proxy's certificate.
+    """
+
+    def __init__(self, reactor, directory, limits=Limits(), api_timeout=5, upstream_timeout=5):
+        os.makedirs(directory)
+        certs = make_certificates(directory)
+        self.reactor = reactor
+        self.client_tls = client_options(certs)
+        self.api = start_api(reactor, allow)
+        self.upstream = start_upstream(reactor)
+        self.config = ProxyConfig(
+            policy=Policy(url=self.api.url, timeout=api_timeout),
+            upstream=Upstream(host="127.0.0.1", port=self.upstream.port, timeout=upstream_timeout),
+            tls=load_context(certs.cert_path, certs.key_path),
+            hostname="proxy.test",
+            limits=limits,
+        )
+        self.factory = build_factory(self.config, reactor)
+        self._proxy = listen_loopback(reactor, self.factory)
+        self.port = self._proxy.port
+
+    def send(self, message, recipients=("bob@example.net",), sender="alice@example.com"):
+        """Submit C{message} like a mail client; the reply to the final dot."""
+        return send_mail(self.reactor, self.port, self.client_tls, USER, PASSWORD,
+                         sender, list(recipients), message)
+
+    @defer.inlineCallbacks
+    def session(self):
+        """A L{ScriptedClient} that has done EHLO, STARTTLS, EHLO and AUTH."""
+        client = yield connect(self.reactor, self.port)
+        yield client.command(b"EHLO client.example", expect=250)
+        yield client.starttls(self.client_tls)
+        yield client.command(b"EHLO client.example", expect=250)
+        yield client.command(b"AUTH PLAIN AGFsaWNlAHMzY3JldA==", expect=235)
+        return client
+
+    def close(self):
+        """Stop everything and wait until every connection is gone."""
+        return defer.gatherResults([
+            self._proxy.close(),
+            self.factory.close(),
+            self.api.close(),
+            self.upstream.close(),
+        ])
+

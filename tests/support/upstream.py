@@ -1,0 +1,317 @@
+"""
+A recording upstream SMTP server (SPEC section 5) built on Twisted's own ESMTP server.
+
+It keeps what a delivery test needs to check (envelope, the message content exactly as
+received after unstuffing, EHLO name, login, TLS) and can be scripted to refuse recipients,
+refuse or drop at the final dot, or stall at any step until the test releases it, so timeouts
+and "250 only after the upstream accepted" can be proven without sleeping.
+
+Two private parts of Twisted's SMTP server are touched, both guarded by tests/test_support.py:
+  - L{_Session._messageHandled} is overridden: Twisted always answers the final dot with its
+    own 250/550 texts, while tests need a scripted code and text, and a queue id
+    (TWISTED-NOTES fight A);
+  - the name-mangled C{_SMTP__inbody} flag is set at DATA: Twisted otherwise inserts an empty
+    line before a message whose first line has no colon, and the recording would not be what
+    was sent.
+"""
+
+import functools
+
+import attrs
+from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.portal import IRealm, Portal
+from twisted.internet import defer
+from twisted.internet.protocol import Factory
+from twisted.mail import smtp
+from twisted.mail.imap4 import PLAINCredentials
+from zope.interface import implementer
+
+from tests.support.loopback import listen_loopback
+
+GREETING = "greeting"
+"""L{FakeUpstream.stall} step: accept the connection but send no 220."""
+
+END_OF_DATA = "."
+"""L{FakeUpstream.stall} step: take the whole message but answer nothing after the final dot."""
+
+
+@attrs.frozen
+class ReceivedMessage:
+    """
+    A message the upstream accepted.
+
+    ``data`` is every line of the content (dots unstuffed) followed by CRLF, so for a
+    well-formed message it equals what the sender meant to send.  ``helo`` is the EHLO/HELO
+    argument, ``login`` the AUTH user name (None without AUTH), ``tls`` whether STARTTLS was
+    in effect.
+    """
+
+    sender: str
+    recipients: tuple
+    data: bytes
+    queue_id: str
+    helo: str
+    login: str
+    tls: bool
+
+
+def start_upstream(
+    reactor,
+    *,
+    rcpt_refusals=None,
+    data_reply=None,
+    drop_after_data=False,
+    tls=None,
+    logins=None,
+    hostname="upstream.test",
+):
+    """
+    Listen on 127.0.0.1 and return a L{FakeUpstream}.
+
+    @param rcpt_refusals: address -> (code, text), e.g.
+        C{{"full@example.net": (452, "4.2.2 Mailbox full")}}; also settable later.
+    @param data_reply: (code, text) for the final dot instead of
+        C{250 2.0.0 Ok: queued as <id>}; a 4xx/5xx refuses the message.
+    @param drop_after_data: record the message, then close without replying to the dot.
+    @param tls: server C{CertificateOptions}: offer STARTTLS.
+    @param logins: username -> password: offer AUTH PLAIN/LOGIN and require it before MAIL.
+    """
+    return FakeUpstream(
+        reactor, rcpt_refusals, data_reply, drop_after_data, tls, logins, hostname
+    )
+
+
+class FakeUpstream:
+    """
+    @ivar port: the TCP port.
+    @ivar hostname: the name in the greeting and the EHLO reply.
+    @ivar messages: every L{ReceivedMessage}, in order (including one whose reply was dropped).
+    @ivar rcpt_refusals, data_reply, drop_after_data: the script; may change between messages.
+    """
+
+    def __init__(self, reactor, rcpt_refusals, data_reply, drop_after_data, tls, logins, hostname):
+        self.messages = []
+        self.rcpt_refusals = dict(rcpt_refusals or {})
+        self.data_reply = data_reply
+        self.drop_after_data = drop_after_data
+        self.hostname = hostname
+        self._tls = tls
+        self._portal = None
+        if logins:
+            checker = InMemoryUsernamePasswordDatabaseDontUse()
+            for user, password in logins.items():
+                checker.addUser(user.encode(), password.encode())
+            self._portal = Portal(_Realm(self), [checker])
+        self._stall = None
+        self._reached = None
+        self._stalled = []
+        factory = Factory.forProtocol(functools.partial(_Session, self))
+        factory.noisy = False
+        self._server = listen_loopback(reactor, factory)
+        self.port = self._server.port
+
+    @property
+    def connections(self):
+        """How many connections the upstream accepted so far."""
+        return self._server.connections
+
+    def stall(self, step):
+        """
+        From now on, stop answering when a connection reaches C{step}: L{GREETING}, a command
+        verb (C{"EHLO"}, C{"MAIL"}, C{"RCPT"}, C{"DATA"}, ...) or L{END_OF_DATA}.  The stalled
+        line and everything after it wait, unanswered, until L{release} or L{close}.
+
+        Returns a Deferred that fires when a connection first stops there, so a test knows
+        the other side is now waiting.
+        """
+        self._stall = step
+        self._reached = defer.Deferred()
+        return self._reached
+
+    def release(self):
+        """Lift the stall; waiting connections carry on where they stopped."""
+        self._stall = None
+        stalled, self._stalled = self._stalled, []
+        for session in stalled:
+            session.resume()
+
+    def wait_idle(self):
+        """A Deferred that fires once no connection is open (the client has hung up)."""
+        return self._server.wait_idle()
+
+    def close(self):
+        """Stop listening and drop every connection, stalled or not; a Deferred."""
+        return self._server.close()
+
+    def _stalls_at(self, step):
+        return step is not None and step == self._stall
+
+    def _hold(self, session):
+        """Park C{session} (already holding its input) until L{release}; tell the test."""
+        self._stalled.append(session)
+        if not self._reached.called:
+            self._reached.callback(None)
+
+    def _forget(self, session):
+        if session in self._stalled:
+            self._stalled.remove(session)
+
+    def _accept(self, transaction, data, tls):
+        message = ReceivedMessage(
+            sender=transaction.sender,
+            recipients=tuple(transaction.recipients),
+            data=data,
+            queue_id=f"Q{len(self.messages) + 1:05d}",
+            helo=transaction.helo,
+            login=transaction.login,
+            tls=tls,
+        )
+        self.messages.append(message)
+        return message
+
+
+class _Session(smtp.ESMTP):
+    timeout = None  # no idle timer, so nothing is left scheduled
+    noisy = False
+    MAX_LENGTH = 1 << 26  # SPEC 2: a line of any length is data, so the proxy may relay one
+
+    def __init__(self, upstream):
+        challengers = {}
+        if upstream._portal is not None:
+            challengers = {b"PLAIN": PLAINCredentials, b"LOGIN": smtp.LOGINCredentials}
+        super().__init__(challengers, upstream._tls)
+        self.host = upstream.hostname
+        self.portal = upstream._portal
+        self.deliveryFactory = _Deliveries(upstream, None)
+        self._upstream = upstream
+        self._held = None
+        self._greeted = False
+        self._transaction = None
+
+    def greeting(self):
+        return self.host + b" ESMTP fake upstream"
+
+    def connectionMade(self):
+        if self._upstream._stalls_at(GREETING):
+            self._held = []
+            self._upstream._hold(self)
+        else:
+            self._greet()
+
+    def _greet(self):
+        self._greeted = True
+        super().connectionMade()
+
+    def lineReceived(self, line):
+        if self._held is not None:
+            self._held.append(line)
+        elif self._upstream._stalls_at(self._step(line)):
+            self._held = [line]
+            self._upstream._hold(self)  # last: the test may release us from in here
+        else:
+            super().lineReceived(line)
+
+    def _step(self, line):
+        if self.mode == smtp.COMMAND:
+            verb = line.split(None, 1)[:1]
+            return verb[0].decode("ascii", "replace").upper() if verb else None
+        if self.mode == smtp.DATA and line == b".":
+            return END_OF_DATA
+        return None
+
+    def resume(self):
+        held, self._held = self._held, None
+        if not self._greeted:
+            self._greet()
+        for line in held:
+            if self.transport.disconnecting:
+                return
+            self.lineReceived(line)
+
+    def connectionLost(self, reason):
+        self._upstream._forget(self)
+        super().connectionLost(reason)
+
+    def do_DATA(self, rest):
+        self._transaction = self.delivery
+        super().do_DATA(rest)
+        self._SMTP__inbody = 1  # no empty line inserted before a first line without a colon
+
+    def _messageHandled(self, resultList):
+        scripted = self._upstream.data_reply
+        if scripted is not None and scripted[0] >= 400:
+            self.sendCode(scripted[0], scripted[1].encode())
+            return
+        _, data = resultList[0]  # every recipient's copy is the same; one is recorded
+        message = self._upstream._accept(self._transaction, data, self.startedTLS)
+        if self._upstream.drop_after_data:
+            self.transport.loseConnection()
+            return
+        code, text = scripted or (250, f"2.0.0 Ok: queued as {message.queue_id}")
+        self.sendCode(code, text.encode())
+
+
+@implementer(smtp.IMessageDeliveryFactory)
+@attrs.frozen
+class _Deliveries:
+    """One L{_Transaction} per MAIL FROM, for an anonymous or logged-in session."""
+
+    upstream: FakeUpstream
+    login: str
+
+    def getMessageDelivery(self):
+        return _Transaction(self.upstream, self.login)
+
+
+@implementer(IRealm)
+@attrs.frozen
+class _Realm:
+    upstream: FakeUpstream
+
+    def requestAvatar(self, avatarId, mind, *interfaces):
+        deliveries = _Deliveries(self.upstream, avatarId.decode())
+        return smtp.IMessageDeliveryFactory, deliveries, lambda: None
+
+
+@implementer(smtp.IMessageDelivery)
+class _Transaction:
+    def __init__(self, upstream, login):
+        self.upstream = upstream
+        self.login = login
+        self.sender = None
+        self.helo = None
+        self.recipients = []
+
+    def receivedHeader(self, helo, origin, recipients):
+        return None  # record the content exactly as relayed, without a trace header
+
+    def validateFrom(self, helo, origin):
+        if self.upstream._portal is not None and self.login is None:
+            raise smtp.SMTPServerError(530, "5.7.0 Authentication required")
+        self.helo = helo[0].decode("ascii", "replace") if helo[0] else None
+        self.sender = str(origin)
+        return origin
+
+    def validateTo(self, user):
+        address = str(user.dest)
+        refusal = self.upstream.rcpt_refusals.get(address)
+        if refusal is not None:
+            code, text = refusal
+            raise smtp.SMTPBadRcpt(address, code, text)  # str text: Twisted encodes it here
+        self.recipients.append(address)
+        return _Collector
+
+
+@implementer(smtp.IMessage)
+class _Collector:
+    def __init__(self):
+        self.lines = []
+
+    def lineReceived(self, line):
+        self.lines.append(line)
+
+    def eomReceived(self):
+        return defer.succeed(b"".join(line + b"\r\n" for line in self.lines))
+
+    def connectionLost(self):
+        pass
