@@ -11,9 +11,8 @@ import os
 from twisted.internet import defer
 
 from smtpproxy import Limits, Policy, ProxyConfig, Upstream, build_factory
-from smtpproxy.tls import load_context
 from tests.support.api import start_api
-from tests.support.certs import client_options, make_certificates
+from tests.support.certs import client_options, make_certificates, server_options
 from tests.support.client import connect, send_mail
 from tests.support.loopback import listen_loopback
 from tests.support.upstream import start_upstream
@@ -44,7 +43,7 @@ class Stack:
         self.config = ProxyConfig(
             policy=Policy(url=self.api.url, timeout=api_timeout),
             upstream=Upstream(host="127.0.0.1", port=self.upstream.port, timeout=upstream_timeout),
-            tls=load_context(certs.cert_path, certs.key_path),
+            tls=server_options(certs),
             hostname="proxy.test",
             limits=limits,
         )

@@ -1,0 +1,112 @@
+"""
+Throw-away TLS material: a private CA and a server certificate it signed.
+
+The demo needs a certificate a mail client can be told to trust, and the
+tests need real TLS that clients verify.  Generating both on the fly keeps
+the repository free of key files that expire, and a second call gives a
+second, unrelated CA for "untrusted certificate" cases.  Not for
+production: an operator brings a certificate from a real CA.
+"""
+
+import datetime
+import ipaddress
+import os
+
+import attrs
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+VALIDITY = datetime.timedelta(days=30)
+
+
+@attrs.frozen
+class Certificates:
+    """The CA and server certificate, as objects and as the PEM files written for them."""
+
+    ca: x509.Certificate
+    certificate: x509.Certificate
+    key: ec.EllipticCurvePrivateKey
+    ca_path: str
+    cert_path: str
+    key_path: str
+
+
+def make_certificates(directory, hostname="localhost"):
+    """
+    Create a CA and a server certificate for ``hostname`` (SAN: that name and IP 127.0.0.1).
+
+    Writes into ``directory`` (which must exist) ``ca.pem``, ``server.pem`` (the server
+    certificate followed by the CA: a chain file like an operator's ``--tls_cert``) and
+    ``server.key`` (unencrypted PKCS#8); returns a L{Certificates}.
+    """
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "smtpproxy test CA")])
+    ca = (
+        _builder(ca_name, ca_name, ca_key.public_key())
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_usage(key_cert_sign=True, crl_sign=True), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    names = [x509.DNSName(hostname), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    certificate = (
+        _builder(
+            x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)]),
+            ca_name,
+            key.public_key(),
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_usage(digital_signature=True), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_pem = ca.public_bytes(serialization.Encoding.PEM)
+    paths = [os.path.join(directory, name) for name in ("ca.pem", "server.pem", "server.key")]
+    contents = [
+        ca_pem,
+        certificate.public_bytes(serialization.Encoding.PEM) + ca_pem,
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    ]
+    for path, content in zip(paths, contents):
+        with open(path, "wb") as f:
+            f.write(content)
+    return Certificates(ca, certificate, key, *paths)
+
+
+def _builder(subject, issuer, public_key):
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + VALIDITY)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+    )
+
+
+def _usage(digital_signature=False, key_cert_sign=False, crl_sign=False):
+    return x509.KeyUsage(
+        digital_signature=digital_signature,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=key_cert_sign,
+        crl_sign=crl_sign,
+        encipher_only=False,
+        decipher_only=False,
+    )
