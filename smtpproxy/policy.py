@@ -19,6 +19,7 @@ from twisted.internet.ssl import Certificate, trustRootFromCertificates
 from twisted.logger import Logger
 from twisted.web.client import (
     Agent,
+    _HTTP11ClientFactory,
     BrowserLikePolicyForHTTPS,
     HTTPConnectionPool,
     RequestGenerationFailed,
@@ -31,6 +32,18 @@ from twisted.web.http import PotentialDataLoss
 from smtpproxy.answer import Decision, parse_answer
 
 MAX_ANSWER = 1024 * 1024
+
+
+class _QuietConnectionFactory(_HTTP11ClientFactory):
+    """Twisted logs "Starting factory" at info for every new API connection: noise."""
+
+    noisy = False
+
+
+class _Pool(HTTPConnectionPool):
+    """The persistent pool toward the API, without per-connection log lines."""
+
+    _factory = _QuietConnectionFactory
 
 log = Logger(namespace="smtpproxy.policy")
 
@@ -57,7 +70,7 @@ class PolicyClient:
         self._policy = policy
         self._pool = None
         if http is None:
-            self._pool = HTTPConnectionPool(reactor, persistent=True)
+            self._pool = _Pool(reactor, persistent=True)
             tls = BrowserLikePolicyForHTTPS(_trust_root(policy.ca_path))
             http = HTTPClient(Agent(reactor, contextFactory=tls, pool=self._pool))
         self._http = http

@@ -112,17 +112,28 @@ class ProxySession(smtp.ESMTP):
 
     def _command(self, line):
         command = parse_command(line)
-        if command.verb == "AUTH" and not self.factory.config.log_credentials:
-            self._log_input(b"AUTH " + command.argument.split(b" ", 1)[0] + b" [REDACTED]")
-        else:
-            self._log_input(line)
-        handler = getattr(self, "smtp_" + command.verb, None)
+        handler = getattr(self, "smtp_" + command.verb, None) if command.verb else None
+        self._log_command(line, command, handler)
         if handler is None:
             self.reply(replies.UNKNOWN_COMMAND)
         elif command.verb in NEEDS_TLS and not self.startedTLS:
             self.reply(replies.MUST_STARTTLS)
         else:
             handler(command.argument)
+
+    def _log_command(self, line, command, handler):
+        """
+        Log a command line, masking what may hold a password: AUTH data,
+        and lines that are no command (a confused client's credentials).
+        """
+        if self.factory.config.log_credentials:
+            self._log_input(line)
+        elif handler is None:
+            self._log_input(f"[unrecognized command, {len(line)} bytes]")
+        elif command.verb == "AUTH":
+            self._log_input(b"AUTH " + command.argument.split(b" ", 1)[0] + b" [REDACTED]")
+        else:
+            self._log_input(line)
 
     def _hold(self):
         """Stop reading input until L{_release}: a reply is pending."""

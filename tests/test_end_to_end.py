@@ -83,6 +83,15 @@ class DeliveryTests(EndToEndTestCase):
         yield client.wait_closed()
 
     @defer.inlineCallbacks
+    def test_overlong_line_stays_data(self):
+        """TWISTED-NOTES fight E: a 100 kB line never drops the session into command mode."""
+        body = b"Subject: long\r\n\r\n" + b"A" * 100000 + b"\r\nRSET\r\nMAIL FROM:<evil@example.com>\r\n"
+        reply = yield self.stack.send(body)
+        self.assertEqual(reply.code, 250)
+        self.assertEqual(self.upstream.messages[0].data,
+                         body.replace(b"\r\n\r\n", b"\r\nX-Policy: checked\r\n\r\n", 1))
+
+    @defer.inlineCallbacks
     def test_twenty_megabytes(self):
         line = b"x" * 998 + b"\r\n"
         body = b"Subject: big\r\n\r\n" + line * (20 * 1024 * 1024 // len(line))

@@ -9,6 +9,7 @@ import base64
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import ITLSTransport
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
@@ -69,18 +70,21 @@ class SessionTestCase(SynchronousTestCase):
     def setUp(self):
         self.clock = MemoryReactorClock()
         self.policy = RecordingPolicy()
-        config = ProxyConfig(
+        self.factory = RecordingFactory(self.config(), self.clock, self.policy)
+        self.session = self.factory.buildProtocol(None)
+        self.transport = TLSStringTransport()
+        self.session.makeConnection(self.transport)
+        self.addCleanup(self.session.setTimeout, None)
+
+    def config(self, **changes):
+        return ProxyConfig(
             policy=Policy(url="http://127.0.0.1:1/"),
             upstream=Upstream(host="127.0.0.1", port=1),
             tls=object(),
             hostname="proxy.test",
             limits=self.limits,
+            **changes,
         )
-        self.factory = RecordingFactory(config, self.clock, self.policy)
-        self.session = self.factory.buildProtocol(None)
-        self.transport = TLSStringTransport()
-        self.session.makeConnection(self.transport)
-        self.addCleanup(self.session.setTimeout, None)
 
     def send(self, data):
         """Send C{data}; return the reply lines it produced."""
@@ -342,3 +346,83 @@ class SizeLimitTests(SessionTestCase):
         lines = self.send(b"DATA\r\nSubject: " + b"y" * 60 + b"\r\n\r\nb\r\n.\r\n")
         self.assertEqual(lines[1:], ["552 5.3.4 Header block too big"])
         self.assertEqual(self.policy.requests, [])
+
+
+class TranscriptTests(SessionTestCase):
+    """The smtplog: every command and reply, AUTH data masked, no password."""
+
+    credentials = False
+
+    def setUp(self):
+        self.events = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        super().setUp()
+
+    def config(self, **changes):
+        return super().config(transcript=True, log_credentials=self.credentials, **changes)
+
+    def transcript(self):
+        return [formatEvent(e) for e in self.events if e["log_namespace"] == "smtpproxy.smtp"]
+
+    def everything(self):
+        return "\n".join(formatEvent(e) for e in self.events)
+
+    def test_commands_and_replies(self):
+        self.send(b"NOOP\r\n")
+        self.assertEqual(self.transcript(), [
+            "1 > 220 proxy.test ESMTP smtpproxy", "1 < NOOP", "1 > 250 2.0.0 OK"])
+
+    def test_auth_line(self):
+        self.tls()
+        self.send(b"AUTH PLAIN " + PLAIN + b"\r\n")
+        self.assertIn("1 < AUTH PLAIN [REDACTED]", self.transcript())
+        self.assertNotIn(PLAIN.decode(), self.everything())
+
+    def test_auth_continuations(self):
+        self.tls()
+        self.send(b"AUTH LOGIN\r\n" + base64.b64encode(b"bob") + b"\r\n" + base64.b64encode(b"pw") + b"\r\n")
+        self.assertEqual(self.transcript().count("1 < [REDACTED]"), 2)
+        self.assertNotIn(base64.b64encode(b"pw").decode(), self.everything())
+
+    def test_unrecognized_lines(self):
+        """A confused client's credentials sent as commands stay out of the log."""
+        self.tls()
+        self.send(base64.b64encode(b"my password") + b"\r\n")
+        self.assertIn("1 < [unrecognized command, 16 bytes]", self.transcript())
+        self.assertNotIn(base64.b64encode(b"my password").decode(), self.everything())
+
+    def test_no_password_in_any_log(self):
+        self.envelope()
+        self.send(b"DATA\r\nSubject: x\r\n\r\nb\r\n.\r\n")
+        self.assertIn("policy=allow", self.everything())
+        self.assertNotIn("s3cret", self.everything())
+        self.assertNotIn(PLAIN.decode(), self.everything())
+
+
+class CredentialsTranscriptTests(TranscriptTests):
+    """With --credentials the smtplog shows AUTH data as received."""
+
+    credentials = True
+
+    def test_auth_line(self):
+        self.tls()
+        self.send(b"AUTH PLAIN " + PLAIN + b"\r\n")
+        self.assertIn("1 < AUTH PLAIN " + PLAIN.decode(), self.transcript())
+
+    def test_auth_continuations(self):
+        self.tls()
+        self.send(b"AUTH LOGIN\r\n" + base64.b64encode(b"bob") + b"\r\n")
+        self.assertIn("1 < " + base64.b64encode(b"bob").decode(), self.transcript())
+
+    def test_unrecognized_lines(self):
+        self.send(b"HELLO\r\n")
+        self.assertIn("1 < HELLO", self.transcript())
+
+    def test_no_password_in_any_log(self):
+        """Only the transcript has it."""
+        self.envelope()
+        self.send(b"DATA\r\nSubject: x\r\n\r\nb\r\n.\r\n")
+        others = [formatEvent(e) for e in self.events if e["log_namespace"] != "smtpproxy.smtp"]
+        self.assertNotIn("s3cret", "\n".join(others))
+        self.assertNotIn(PLAIN.decode(), "\n".join(others))

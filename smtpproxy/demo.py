@@ -1,0 +1,199 @@
+"""
+The proxy on an embedded default: ``python3 dev.py demo``.
+
+It starts, all on loopback, a tiny policy API, a mail sink that stores what
+it receives in a Maildir, and the proxy between a mail client and that
+sink, with a freshly made certificate.  It prints how to send a test mail
+and where it lands; Ctrl-C stops everything.
+"""
+
+import argparse
+import json
+import os
+import socket
+import sys
+import time
+
+import attrs
+from twisted.internet import defer, task
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.logger import globalLogBeginner, textFileLogObserver
+from twisted.mail import smtp
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+from zope.interface import implementer
+
+from smtpproxy import Policy, ProxyConfig, Upstream, build_factory
+from smtpproxy.certificates import make_certificates
+from smtpproxy.tls import load_context
+
+USER, PASSWORD = "demo", "demo"
+
+
+class DemoPolicy(Resource):
+    """
+    A policy API in a dozen lines: the demo user may send anything, and
+    the proxy adds a header saying so; anyone else is refused.
+    """
+
+    isLeaf = True
+
+    def render_POST(self, request):
+        asked = json.load(request.content)
+        if (asked["username"], asked["password"]) == (USER, PASSWORD):
+            answer = {"allow": True, "headers": [
+                {"name": "X-Demo-Policy", "value": f"allowed for {USER}"}]}
+        else:
+            answer = {"allow": False, "reason": "unknown user or wrong password"}
+        request.setHeader(b"Content-Type", b"application/json")
+        return json.dumps(answer).encode()
+
+
+class MaildirMessage:
+    """One delivered copy, written to C{tmp/} and moved to C{new/} when complete."""
+
+    def __init__(self, maildir):
+        self._maildir = maildir
+        self._lines = []
+
+    def lineReceived(self, line):
+        self._lines.append(line)
+
+    def eomReceived(self):
+        name = f"{time.time():.6f}.{os.getpid()}_{id(self)}.{socket.gethostname()}"
+        temporary = os.path.join(self._maildir, "tmp", name)
+        with open(temporary, "wb") as f:
+            f.write(b"\n".join(self._lines) + b"\n")
+        os.rename(temporary, os.path.join(self._maildir, "new", name))
+        return defer.succeed(name)
+
+    def connectionLost(self):
+        self._lines = []
+
+
+@implementer(smtp.IMessageDelivery)
+class MaildirDelivery:
+    """The sink's delivery: every recipient gets a copy in the one Maildir."""
+
+    def __init__(self, maildir):
+        self.maildir = maildir
+
+    def receivedHeader(self, helo, origin, recipients):
+        return b"Received: from " + (helo[0] or b"unknown") + b" by smtpproxy-demo sink"
+
+    def validateFrom(self, helo, origin):
+        return origin
+
+    def validateTo(self, user):
+        return lambda: MaildirMessage(self.maildir)
+
+
+class _QuietESMTP(smtp.ESMTP):
+    noisy = False
+
+
+class MaildirSink(smtp.SMTPFactory):
+    """An SMTP server that stores every message it accepts in C{maildir}."""
+
+    protocol = _QuietESMTP
+    noisy = False
+
+    def __init__(self, maildir):
+        super().__init__()
+        for sub in ("tmp", "new", "cur"):
+            os.makedirs(os.path.join(maildir, sub), exist_ok=True)
+        self.delivery = MaildirDelivery(maildir)
+
+    def buildProtocol(self, addr):
+        protocol = super().buildProtocol(addr)
+        protocol.delivery = self.delivery
+        return protocol
+
+
+@attrs.frozen
+class Demo:
+    """The running demo: where to connect, what to trust, where mail lands."""
+
+    port: int
+    api: str
+    ca: str
+    maildir: str
+    listeners: list
+    factory: object
+
+    def stop(self):
+        """Stop listening and close the policy API's connection pool."""
+        stopped = [defer.maybeDeferred(p.stopListening) for p in self.listeners]
+        return defer.gatherResults(stopped + [self.factory.close()])
+
+
+INSTRUCTIONS = """
+smtpproxy demo is running (Ctrl-C stops it).
+
+  submission   127.0.0.1:{port}, STARTTLS required, AUTH PLAIN or LOGIN
+  login        {user} / {password}
+  certificate  {ca} (the CA that signed the proxy's certificate)
+  policy API   {api}
+  mail lands   {maildir}/new/
+
+Send a test mail with Python:
+
+  {python} -c "import smtplib, ssl; s = smtplib.SMTP('127.0.0.1', {port}); \\
+s.starttls(context=ssl.create_default_context(cafile='{ca}')); s.login('{user}', '{password}'); \\
+s.sendmail('{user}@example.com', ['you@example.net'], 'Subject: hello\\r\\n\\r\\nIt works.\\r\\n'); s.quit()"
+
+or with swaks:
+
+  swaks --server 127.0.0.1:{port} --tls --tls-ca-path {ca} --auth PLAIN \\
+      --auth-user {user} --auth-password {password} --from {user}@example.com --to you@example.net
+"""
+
+
+@defer.inlineCallbacks
+def start(reactor, directory, port):
+    """Start the policy API, the sink and the proxy; fire with the L{Demo}."""
+    os.makedirs(directory, exist_ok=True)
+    certs = make_certificates(directory)
+    maildir = os.path.join(directory, "Maildir")
+    listen = lambda port, factory: TCP4ServerEndpoint(reactor, port, interface="127.0.0.1").listen(factory)
+    site = Site(DemoPolicy())
+    site.noisy = False
+    site.log = lambda request: None
+    api_port = yield listen(0, site)
+    sink_port = yield listen(0, MaildirSink(maildir))
+    api = f"http://127.0.0.1:{api_port.getHost().port}/check"
+    config = ProxyConfig(
+        policy=Policy(url=api),
+        upstream=Upstream(host="127.0.0.1", port=sink_port.getHost().port),
+        tls=load_context(certs.cert_path, certs.key_path),
+        hostname="localhost",
+    )
+    factory = build_factory(config, reactor)
+    proxy_port = yield listen(port, factory)
+    return Demo(proxy_port.getHost().port, api, certs.ca_path, maildir,
+                [api_port, sink_port, proxy_port], factory)
+
+
+@defer.inlineCallbacks
+def run(reactor, directory, port):
+    """The demo until Ctrl-C."""
+    demo = yield start(reactor, directory, port)
+    reactor.addSystemEventTrigger("before", "shutdown", demo.stop)
+    print(INSTRUCTIONS.format(port=demo.port, user=USER, password=PASSWORD, ca=demo.ca,
+                              api=demo.api, maildir=demo.maildir, python=sys.executable),
+          flush=True)
+    yield defer.Deferred()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--port", type=int, default=2525, help="submission port (2525)")
+    parser.add_argument("--directory", default=os.path.abspath("smtpproxy-demo"),
+                        help="where the certificate and the Maildir go (./smtpproxy-demo)")
+    args = parser.parse_args(argv)
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
+    task.react(run, [args.directory, args.port])
+
+
+if __name__ == "__main__":
+    main()

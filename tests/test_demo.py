@@ -1,0 +1,45 @@
+"""
+The demo that README.rst's first command starts: a mail goes through it
+into the Maildir, and a wrong password is refused.
+"""
+
+import glob
+import os
+
+from twisted.internet import defer, reactor
+from twisted.internet.ssl import Certificate, optionsForClientTLS
+from twisted.trial.unittest import TestCase
+
+from smtpproxy import demo
+from tests.support.client import send_mail
+
+MESSAGE = b"Subject: hello\r\n\r\nIt works.\r\n"
+
+
+class DemoTests(TestCase):
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.demo = yield demo.start(reactor, os.path.abspath(self.mktemp()), 0)
+        self.addCleanup(self.demo.stop)
+        with open(self.demo.ca, "rb") as f:
+            self.tls = optionsForClientTLS("localhost", trustRoot=Certificate.loadPEM(f.read()))
+
+    def send(self, password):
+        return send_mail(reactor, self.demo.port, self.tls, demo.USER, password,
+                         "demo@example.com", ["you@example.net"], MESSAGE)
+
+    @defer.inlineCallbacks
+    def test_mail_lands_in_the_maildir(self):
+        reply = yield self.send(demo.PASSWORD)
+        self.assertEqual(reply.code, 250)
+        (path,) = glob.glob(os.path.join(self.demo.maildir, "new", "*"))
+        with open(path, "rb") as f:
+            stored = f.read()
+        self.assertIn(b"X-Demo-Policy: allowed for demo\n", stored)
+        self.assertTrue(stored.endswith(b"\n\nIt works.\n"))
+
+    @defer.inlineCallbacks
+    def test_wrong_password_refused(self):
+        reply = yield self.send("wrong")
+        self.assertEqual((reply.code, reply.text), (550, "5.7.1 unknown user or wrong password"))
+        self.assertEqual(os.listdir(os.path.join(self.demo.maildir, "new")), [])
