@@ -54,6 +54,10 @@ class ProxySession(smtp.ESMTP):
 
     # Output.
 
+    def connectionMade(self):
+        self._log_input(f"[connection from {self.transport.getPeer().host}]")
+        super().connectionMade()
+
     def greeting(self):
         return self.host + b" ESMTP smtpproxy"
 
@@ -259,6 +263,7 @@ class ProxySession(smtp.ESMTP):
             self._message.dataReceived(piece.data)
         if piece.end:
             message, self._message = self._message, None
+            self._log_input(f"[message data, {message.size} bytes]")
             self._hold()
             self.setTimeout(None)
             message.eomReceived().addCallback(self._message_done)

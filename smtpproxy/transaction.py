@@ -68,6 +68,8 @@ class Transaction:
 class Message:
     """
     The data of one transaction, in wire form (see L{smtpproxy.framing}).
+
+    @ivar size: the bytes received so far (counting stops at a refusal).
     """
 
 
@@ -80,7 +82,7 @@ class Message:
         self._headers = HeaderReader(self._limits.max_header_size)
         self._block = None
         self._spool = tempfile.SpooledTemporaryFile(max_size=self._limits.spool_memory)
-        self._size = 0
+        self.size = 0
         self._refusal = None
         self._decision = None
         self._outcome = "refused"
@@ -90,8 +92,8 @@ class Message:
         """Take the next piece of the message."""
         if self._refusal is not None:
             return
-        self._size += len(data)
-        if self._size > self._limits.max_message_size:
+        self.size += len(data)
+        if self.size > self._limits.max_message_size:
             self.refuse(replies.MESSAGE_TOO_BIG)
             return
         if self._block is None:
@@ -165,7 +167,7 @@ class Message:
             user=t.login.username,
             sender=t.sender,
             count=len(t.recipients),
-            size=self._size,
+            size=self.size,
             outcome=self._outcome,
             api=api,
             code=reply.code,

@@ -371,7 +371,14 @@ class TranscriptTests(SessionTestCase):
     def test_commands_and_replies(self):
         self.send(b"NOOP\r\n")
         self.assertEqual(self.transcript(), [
-            "1 > 220 proxy.test ESMTP smtpproxy", "1 < NOOP", "1 > 250 2.0.0 OK"])
+            "1 < [connection from 192.168.1.1]", "1 > 220 proxy.test ESMTP smtpproxy",
+            "1 < NOOP", "1 > 250 2.0.0 OK"])
+
+    def test_message_content_not_logged(self):
+        self.envelope()
+        self.send(b"DATA\r\nSubject: secret plans\r\n\r\nb\r\n.\r\n")
+        self.assertIn("1 < [message data, 28 bytes]", self.transcript())
+        self.assertNotIn("secret plans", self.everything())
 
     def test_auth_line(self):
         self.tls()
