@@ -11,7 +11,7 @@ import re
 from attrs import frozen
 
 _ENHANCED = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}(?:\s|$)")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 
 
 @frozen
@@ -37,7 +37,8 @@ class Reply:
 def sanitise(text, limit=200):
     """
     Make foreign text (an API reason, an upstream reply) safe to send as a
-    reply: control characters (CR and LF included) become one space, the
+    reply: control characters (C0 and C1, CR and LF included, and the
+    Unicode line separators) become one space, the
     result is one line of at most C{limit} characters.
     """
     return _CONTROL.sub(" ", text).strip()[:limit].rstrip()
@@ -68,6 +69,7 @@ BYE = Reply(221, "2.0.0 Bye")
 START_DATA = Reply(354, "Start mail input; end with <CRLF>.<CRLF>")
 MUST_STARTTLS = Reply(530, "5.7.0 Must issue a STARTTLS command first")
 AUTH_REQUIRED = Reply(530, "5.7.0 Authentication required")
+DOMAIN_REQUIRED = Reply(501, "5.5.4 EHLO and HELO need a domain name")
 UNKNOWN_COMMAND = Reply(500, "5.5.2 Command not recognized")
 LINE_TOO_LONG = Reply(500, "5.5.6 Line too long")
 BAD_SEQUENCE = Reply(503, "5.5.1 Bad sequence of commands")

@@ -152,16 +152,21 @@ class ProxySession(smtp.ESMTP):
     # Commands (SPEC section 1).
 
     def smtp_EHLO(self, argument):
-        self._greet(argument)
-        self.sendCode(250, self.host + b" Hello\n" + self.listExtensions())
+        if self._greet(argument):
+            self.sendCode(250, self.host + b" Hello\n" + self.listExtensions())
 
     def smtp_HELO(self, argument):
-        self._greet(argument)
-        self.sendCode(250, self.host + b" Hello")
+        if self._greet(argument):
+            self.sendCode(250, self.host + b" Hello")
 
     def _greet(self, argument):
+        """Record the client's name and drop any transaction; refuse a missing name."""
+        if not argument:
+            self.reply(replies.DOMAIN_REQUIRED)
+            return False
         self._helo = (argument, self._helo[1])
         self._transaction = None
+        return True
 
     def smtp_STARTTLS(self, argument):
         if argument:

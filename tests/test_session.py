@@ -203,6 +203,11 @@ class CommandTests(SessionTestCase):
         self.assertEqual(self.send(b"QUIT\r\n"), ["221 2.0.0 Bye"])
         self.assertTrue(self.transport.disconnecting)
 
+    def test_greeting_needs_a_name(self):
+        self.assertEqual(self.send(b"EHLO\r\n"), ["501 5.5.4 EHLO and HELO need a domain name"])
+        self.assertEqual(self.send(b"HELO \r\n"), ["501 5.5.4 EHLO and HELO need a domain name"])
+        self.assertEqual(self.send(b"HELO c.test\r\n"), ["250 proxy.test Hello"])
+
     def test_no_private_twisted_command(self):
         """Twisted's own do_UNKNOWN and friends are not reachable."""
         self.assertEqual(self.send(b"UNKNOWN\r\n"), ["500 5.5.2 Command not recognized"])
