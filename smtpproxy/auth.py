@@ -29,12 +29,8 @@ _USERNAME_PROMPT = base64.b64encode(b"Username:")
 _PASSWORD_PROMPT = base64.b64encode(b"Password:")
 
 
-class AuthError(Exception):
+class AuthError(replies.Refusal):
     """An AUTH exchange the session must end with L{reply}."""
-
-    def __init__(self, reply):
-        super().__init__(reply)
-        self.reply = reply
 
 
 @frozen

@@ -51,12 +51,8 @@ _MAIL_ARGUMENT = _argument_pattern("FROM")
 _RCPT_ARGUMENT = _argument_pattern("TO")
 
 
-class CommandError(Exception):
+class CommandError(replies.Refusal):
     """A command line the session must refuse with L{reply}."""
-
-    def __init__(self, reply):
-        super().__init__(reply)
-        self.reply = reply
 
 
 @frozen

@@ -34,6 +34,14 @@ class Reply:
         return self.text.encode("utf-8")
 
 
+class Refusal(Exception):
+    """Raised by the pure parsers: the session answers with C{reply}."""
+
+    def __init__(self, reply):
+        super().__init__(reply)
+        self.reply = reply
+
+
 def sanitise(text, limit=200):
     """
     Make foreign text (an API reason, an upstream reply) safe to send as a
