@@ -1,14 +1,14 @@
 """
 The proxy on an embedded default: ``python3 dev.py demo``.
 
-It starts, all on loopback, a tiny policy API, a mail sink that stores what
+It starts, all on loopback, the reference policy API (L{smtpproxy.refapi})
+on a policy file it writes the first time, a mail sink that stores what
 it receives in a Maildir, and the proxy between a mail client and that
 sink, with a freshly made certificate.  It prints how to send a test mail
 and where it lands; Ctrl-C stops everything.
 """
 
 import argparse
-import json
 import os
 import socket
 import sys
@@ -19,34 +19,33 @@ from twisted.internet import defer, task
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.logger import globalLogBeginner, textFileLogObserver
 from twisted.mail import smtp
-from twisted.web.resource import Resource
-from twisted.web.server import Site
 from zope.interface import implementer
 
 from smtpproxy import Policy, ProxyConfig, Upstream, build_factory
 from smtpproxy.certificates import make_certificates
+from smtpproxy.refapi import PolicyResource, PolicySite, load, make_hash
 from smtpproxy.tls import load_context
 
 USER, PASSWORD = "demo", "demo"
 
 
-class DemoPolicy(Resource):
-    """
-    A policy API in a dozen lines: the demo user may send anything, and
-    the proxy adds a header saying so; anyone else is refused.
-    """
+POLICY = """\
+# The demo's policy file, read by the reference policy API (smtpproxy.refapi).
+# Edit it and restart the demo; delete it to get this one back.
+[users.{user}]
+password = "{hash}"
+senders = ["@example.com", "{user}@example.org"]
+recipient_domains = ["*"]
+add_headers = {{ X-Demo-Policy = "allowed for {user}" }}
+rate = "20/minute"
+"""
 
-    isLeaf = True
 
-    def render_POST(self, request):
-        asked = json.load(request.content)
-        if (asked["username"], asked["password"]) == (USER, PASSWORD):
-            answer = {"allow": True, "headers": [
-                {"name": "X-Demo-Policy", "value": f"allowed for {USER}"}]}
-        else:
-            answer = {"allow": False, "reason": "unknown user or wrong password"}
-        request.setHeader(b"Content-Type", b"application/json")
-        return json.dumps(answer).encode()
+def write_policy(path):
+    """Write the demo policy to C{path} unless a (maybe edited) one is there."""
+    if not os.path.exists(path):
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(POLICY.format(user=USER, hash=make_hash(PASSWORD).line()))
 
 
 class MaildirMessage:
@@ -116,6 +115,7 @@ class Demo:
 
     port: int
     api: str
+    policy: str
     ca: str
     maildir: str
     listeners: list
@@ -134,6 +134,7 @@ smtpproxy demo is running (Ctrl-C stops it).
   login        {user} / {password}
   certificate  {ca} (the CA that signed the proxy's certificate)
   policy API   {api}
+  policy file  {policy}
   mail lands   {maildir}/new/
 
 Send a test mail with Python:
@@ -156,10 +157,9 @@ def start(reactor, directory, port):
     certs = make_certificates(directory)
     maildir = os.path.join(directory, "Maildir")
     listen = lambda port, factory: TCP4ServerEndpoint(reactor, port, interface="127.0.0.1").listen(factory)
-    site = Site(DemoPolicy())
-    site.noisy = False
-    site.log = lambda request: None
-    api_port = yield listen(0, site)
+    policy = os.path.join(directory, "policy.toml")
+    write_policy(policy)
+    api_port = yield listen(0, PolicySite(PolicyResource(reactor, load(policy))))
     sink_port = yield listen(0, MaildirSink(maildir))
     api = f"http://127.0.0.1:{api_port.getHost().port}/check"
     config = ProxyConfig(
@@ -170,7 +170,7 @@ def start(reactor, directory, port):
     )
     factory = build_factory(config, reactor)
     proxy_port = yield listen(port, factory)
-    return Demo(proxy_port.getHost().port, api, certs.ca_path, maildir,
+    return Demo(proxy_port.getHost().port, api, policy, certs.ca_path, maildir,
                 [api_port, sink_port, proxy_port], factory)
 
 
@@ -180,7 +180,8 @@ def run(reactor, directory, port):
     demo = yield start(reactor, directory, port)
     reactor.addSystemEventTrigger("before", "shutdown", demo.stop)
     print(INSTRUCTIONS.format(port=demo.port, user=USER, password=PASSWORD, ca=demo.ca,
-                              api=demo.api, maildir=demo.maildir, python=sys.executable),
+                              api=demo.api, policy=demo.policy, maildir=demo.maildir,
+                              python=sys.executable),
           flush=True)
     yield defer.Deferred()
 
@@ -188,8 +189,9 @@ def run(reactor, directory, port):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--port", type=int, default=2525, help="submission port (2525)")
-    parser.add_argument("--directory", default=os.path.abspath("smtpproxy-demo"),
-                        help="where the certificate and the Maildir go (./smtpproxy-demo)")
+    parser.add_argument(
+        "--directory", default=os.path.abspath("smtpproxy-demo"),
+        help="where the certificate, the policy file and the Maildir go (./smtpproxy-demo)")
     args = parser.parse_args(argv)
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
     task.react(run, [args.directory, args.port])

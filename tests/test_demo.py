@@ -11,6 +11,7 @@ from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.trial.unittest import TestCase
 
 from smtpproxy import demo
+from smtpproxy.refapi import load
 from tests.support.client import send_mail
 
 MESSAGE = b"Subject: hello\r\n\r\nIt works.\r\n"
@@ -43,3 +44,11 @@ class DemoTests(TestCase):
         reply = yield self.send("wrong")
         self.assertEqual((reply.code, reply.text), (550, "5.7.1 unknown user or wrong password"))
         self.assertEqual(os.listdir(os.path.join(self.demo.maildir, "new")), [])
+
+    def test_policy_file_kept_for_editing(self):
+        self.assertEqual(list(load(self.demo.policy).users), [demo.USER])
+        with open(self.demo.policy, "a", encoding="utf-8") as f:
+            f.write("# edited\n")
+        demo.write_policy(self.demo.policy)
+        with open(self.demo.policy, encoding="utf-8") as f:
+            self.assertTrue(f.read().endswith("# edited\n"))

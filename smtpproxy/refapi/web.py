@@ -1,0 +1,108 @@
+"""
+The reference API over twisted.web: POST a SPEC section 3 request to any
+path, get the SPEC section 4 answer.
+
+Password checks run in the reactor's thread pool.  scrypt costs tens of
+milliseconds of CPU by design and CPython's hashlib releases the GIL while
+it runs, so the reactor keeps serving other requests meanwhile.  Successful
+checks are deliberately not cached: a cache keyed by a fast hash of the
+password would give anyone who can read the process memory exactly what
+scrypt is there to deny, and would only help when one user sends bursts
+(the proxy asks once per message).  An unknown user's password is checked
+against a decoy hash, so it costs the same time as a wrong password.
+"""
+
+import json
+
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Site
+
+from smtpproxy.refapi.decision import BadRequest, RateLimiter, decide, parse_request
+from smtpproxy.refapi.passwords import decoy
+
+log = Logger(namespace="smtpproxy.refapi")
+
+
+class PolicyResource(Resource):
+    """
+    Answers every POST from the current L{smtpproxy.refapi.policyfile.PolicyFile}.
+
+    @param reactor: runs the password checks in its thread pool and gives
+        the time for the rate limits.
+    @ivar policy: the policy in force.
+    """
+
+    isLeaf = True
+
+    def __init__(self, reactor, policy):
+        super().__init__()
+        self._reactor = reactor
+        self._limiter = RateLimiter()
+        self._decoy = decoy()
+        self.use(policy)
+
+    def use(self, policy) -> None:
+        """Answer from C{policy} (a reloaded file) from now on; rate counts carry over."""
+        self.policy = policy
+        self._limiter.retain(policy.users)
+
+    def render_POST(self, request):
+        try:
+            asked = parse_request(request.content.read())
+        except BadRequest as e:
+            return _json(request, 400, {"error": str(e)})
+        account = self.policy.users.get(asked.username)
+        hashed = self._decoy if account is None else account.password
+        finished = request.notifyFinish()
+        finished.addErrback(lambda _: None)
+        checked = deferToThreadPool(
+            self._reactor, self._reactor.getThreadPool(), hashed.verify, asked.password
+        )
+        checked.addCallback(self._decide, account, asked)
+        checked.addCallback(_log_answer, asked)
+        checked.addErrback(_crashed)
+        checked.addCallback(_send, request, finished)
+        return NOT_DONE_YET
+
+    def _decide(self, password_ok, account, asked):
+        account = account if password_ok else None
+        return decide(account, asked, self._limiter, self._reactor.seconds())
+
+
+class PolicySite(Site):
+    """A L{Site} for L{PolicyResource}: its one line per answer replaces the access log."""
+
+    noisy = False
+
+    def log(self, request):
+        pass
+
+
+def _log_answer(answer, asked):
+    outcome = "allowed" if answer["allow"] else answer["reason"]
+    log.info(
+        "{username!r} from {sender!r} to {count} recipients: {outcome}",
+        username=asked.username, sender=asked.sender, count=len(asked.recipients), outcome=outcome,
+    )
+    return 200, answer
+
+
+def _crashed(failure):
+    log.failure("policy check failed", failure)
+    return 500, {"error": "internal error"}
+
+
+def _send(result, request, finished):
+    """Write the answer unless the client has gone (then there is no one to tell)."""
+    if not finished.called:
+        code, answer = result
+        request.write(_json(request, code, answer))
+        request.finish()
+
+
+def _json(request, code, answer):
+    request.setResponseCode(code)
+    request.setHeader(b"Content-Type", b"application/json")
+    return json.dumps(answer).encode("utf-8")
