@@ -3,20 +3,27 @@ Deliver one allowed message to the upstream SMTP server and turn what
 happened into the client's final reply (SPEC section 5).
 
 Twisted's L{smtp.ESMTPSenderFactory} does the connection, EHLO (with HELO
-fallback) and the reply parsing; L{RelaySender} replaces the steps whose
-stock behaviour is wrong for a proxy (TWISTED-NOTES section 5).  The message
+fallback), STARTTLS, AUTH and the reply parsing; L{RelaySender} replaces the
+steps whose stock behaviour is wrong for a proxy (TWISTED-NOTES section 5).
+TLS is all or nothing too: in a TLS mode the message goes only over a
+connection whose certificate was verified, never in clear.  The message
 is kept in wire form (CRLF line ends, dot-stuffed as the client sent it,
 never containing CRLF.CRLF), so it is sent byte for byte.
 """
 
+from OpenSSL import SSL
+from service_identity import VerificationError
 from twisted.internet import defer
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.mail import smtp
 from twisted.python.failure import Failure
 
 from smtpproxy import replies
 
 log = Logger(namespace="smtpproxy.upstream")
+
+_TLS_FAILED = (SSL.Error, VerificationError)
+_LOGIN_FAILED = (smtp.AUTHRequiredError, smtp.AUTHDeclinedError, smtp.AuthenticationError)
 
 
 class RelaySender(smtp.ESMTPSender):
@@ -174,23 +181,30 @@ def _send(reactor, upstream, hostname, sender, recipients, data):
 
     Keyword arguments only: ESMTPSenderFactory's order is a trap.  No
     retries, as a retry after the final dot can duplicate the message.
-    C{reactor.connectTCP}, not an endpoint: with an endpoint the factory's
-    Deferred never fires on a refused or dropped connection (fight H).
+    C{reactor.connectTCP} (or C{connectSSL}), not an endpoint: with an
+    endpoint the factory's Deferred never fires on a refused or dropped
+    connection (fight H).
+
+    C{requireTransportSecurity} makes a missing or refused STARTTLS fail the
+    delivery instead of carrying on in clear.  With C{tls="none"} there is
+    no context and no C{hostname}, so the stock sender stays plain (given a
+    hostname, it upgrades whenever STARTTLS is offered).  Credentials, once
+    configured, must be used: an upstream that offers no AUTH fails too.
     """
     result = defer.Deferred()
     factory = smtp.ESMTPSenderFactory(
-        username=None,
-        password=None,
+        username=_encoded(upstream.username),
+        password=_encoded(upstream.password),
         fromEmail="",
         toEmail=[recipient.encode("utf-8") for recipient in recipients],
         file=data,
         deferred=result,
         retries=0,
         timeout=upstream.timeout,
-        contextFactory=None,
+        contextFactory=upstream.client_tls,
         heloFallback=True,
-        requireAuthentication=False,
-        requireTransportSecurity=False,
+        requireAuthentication=upstream.username is not None,
+        requireTransportSecurity=upstream.tls != "none",
     )
     # The factory parses fromEmail with smtp.Address; RelaySender sends it raw.
     factory.fromEmail = sender.encode("utf-8")
@@ -198,10 +212,23 @@ def _send(reactor, upstream, hostname, sender, recipients, data):
     factory.domain = hostname.encode("ascii")
     factory.noisy = False
     factory.reactor = reactor
-    reactor.connectTCP(
-        upstream.host, upstream.port, factory, timeout=upstream.connect_timeout
-    )
+    if upstream.tls == "tls":
+        reactor.connectSSL(
+            upstream.host,
+            upstream.port,
+            factory,
+            upstream.client_tls,
+            timeout=upstream.connect_timeout,
+        )
+    else:
+        reactor.connectTCP(
+            upstream.host, upstream.port, factory, timeout=upstream.connect_timeout
+        )
     return result
+
+
+def _encoded(text):
+    return None if text is None else text.encode("utf-8")
 
 
 def _reply(outcome):
@@ -217,6 +244,12 @@ def _unavailable(failure, upstream):
     """
     Any failure to use the upstream is temporary for the client (never a
     5xx: the client must retry); the cause goes to the log, once.
+
+    A refused login is logged as an error: the proxy's own credentials are
+    wrong or unusable, and every message waits until the operator acts.
+    The client still hears only 451 4.4.1: its own login was fine.  The
+    cause is taken from the reply, never from the error's transcript
+    (C{error.log}), which holds the AUTH exchange.
     """
     error = failure.value
     if isinstance(error, smtp.SMTPClientError):
@@ -225,10 +258,18 @@ def _unavailable(failure, upstream):
             cause = f"{error.code} {cause}"
     else:
         cause = failure.getErrorMessage()
-    log.warn(
-        "upstream {host}:{port} unavailable: {cause}",
+    if failure.check(*_TLS_FAILED):
+        cause = f"TLS handshake failed: {cause}"
+    if failure.check(*_LOGIN_FAILED):
+        level, problem = LogLevel.error, "did not accept the proxy's login"
+    else:
+        level, problem = LogLevel.warn, "unavailable"
+    log.emit(
+        level,
+        "upstream {host}:{port} {problem}: {cause}",
         host=upstream.host,
         port=upstream.port,
+        problem=problem,
         cause=replies.sanitise(cause),
     )
     return replies.UPSTREAM_UNAVAILABLE

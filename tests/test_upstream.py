@@ -1,13 +1,17 @@
 """
 Tests for L{smtpproxy.upstream}: scripted upstream replies in memory, and
-Twisted's own SMTP server over loopback for the exact bytes on the wire.
+Twisted's own SMTP server over loopback for the exact bytes on the wire,
+and the recording upstream over loopback with real TLS and AUTH.
 """
 
+import base64
+import os
 from io import BytesIO
 
+import attrs
 from twisted.internet import defer, error, reactor
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import LogLevel, capturedLogs
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.mail import smtp
 from twisted.python.failure import Failure
 from twisted.trial import unittest
@@ -15,6 +19,8 @@ from zope.interface import implementer
 
 from smtpproxy import replies, upstream
 from smtpproxy.config import Upstream
+from tests.support.certs import make_certificates, server_options, trust_root
+from tests.support.upstream import start_upstream
 
 UPSTREAM = Upstream(host="upstream.example", port=25, timeout=60, connect_timeout=15)
 CHUNK = 16384  # twisted.protocols.basic.FileSender.CHUNK_SIZE
@@ -26,12 +32,15 @@ class Conversation:
     upstream's replies fed by the test and the proxy's output read back.
     """
 
-    def __init__(self, sender="", recipients=("rcpt@example.com",), data=b"Subject: hi\r\n\r\n"):
+    def __init__(
+        self, sender="", recipients=("rcpt@example.com",), data=b"Subject: hi\r\n\r\n",
+        config=UPSTREAM,
+    ):
         self.reactor = MemoryReactorClock()
         self.results = []
         with capturedLogs() as self.logged:
             upstream.deliver(
-                self.reactor, UPSTREAM, "proxy.example", sender, recipients, BytesIO(data)
+                self.reactor, config, "proxy.example", sender, recipients, BytesIO(data)
             ).addCallback(self.results.append)
         self.connects = []
         self.connector = self.reactor.connectors[0]
@@ -156,6 +165,17 @@ class InMemoryTests(unittest.TestCase):
         c.reply(b"502 5.5.2 Command not recognized")
         self.assertEqual(c.reply(b"550 5.7.1 Go away"), b"")
         self.assertTrue(c.transport.disconnecting)
+        c.close()
+        self.assertUnavailable(c)
+
+    def test_starttlsRefused(self):
+        """STARTTLS announced, then refused: no fallback to clear text."""
+        c = Conversation(config=attrs.evolve(UPSTREAM, tls="starttls"))
+        c.connect()
+        c.reply(b"220 upstream.example ESMTP")
+        self.assertEqual(c.reply(b"250-upstream.example", b"250 STARTTLS"), b"STARTTLS\r\n")
+        self.assertEqual(c.reply(b"454 4.7.0 TLS not available"), b"QUIT\r\n")
+        c.reply(b"221 2.0.0 Bye")
         c.close()
         self.assertUnavailable(c)
 
@@ -438,3 +458,180 @@ class LoopbackTests(unittest.TestCase):
         self.assertEqual(reply, replies.UPSTREAM_UNAVAILABLE)
         ours = [e for e in logged if e.get("log_namespace") == "smtpproxy.upstream"]
         self.assertEqual([e["log_level"] for e in ours], [LogLevel.warn])
+
+
+class SecureUpstreamTests(unittest.TestCase):
+    """
+    TLS and AUTH toward the recording upstream over loopback, with real
+    certificates: verified or nothing, and never the message in clear.
+    """
+
+    MESSAGE = b"Subject: hi\r\n\r\nbody\r\n"
+    PASSWORD = "pass word\u00e9"
+
+    def setUp(self):
+        self.certs = self.certificates()
+        self.logged = []
+
+    def certificates(self, hostname="localhost"):
+        directory = self.mktemp()
+        os.mkdir(directory)
+        return make_certificates(directory, hostname)
+
+    def start(self, **options):
+        fake = start_upstream(reactor, **options)
+        self.addCleanup(fake.close)
+        return fake
+
+    @defer.inlineCallbacks
+    def deliver(self, fake, host="127.0.0.1", trusted=None, **settings):
+        """Deliver one message with C{settings}; the reply, once the upstream saw the close."""
+        config = Upstream(
+            host=host,
+            port=fake.port,
+            timeout=10,
+            trust_root=trust_root(trusted or self.certs),
+            **settings,
+        )
+        with capturedLogs() as logged:
+            reply = yield upstream.deliver(
+                reactor, config, "proxy.example", "a@example.com", ["b@example.net"],
+                BytesIO(self.MESSAGE),
+            )
+            yield fake.wait_idle()
+        self.logged.extend(logged)
+        return reply
+
+    def assertNotDelivered(self, fake, reply, cause, level=LogLevel.warn):
+        """451 4.4.1, nothing received, and one log event at C{level} naming the cause."""
+        self.assertEqual(reply, replies.UPSTREAM_UNAVAILABLE)
+        self.assertEqual(fake.messages, [])
+        [event] = self.logged
+        self.assertEqual((event["log_namespace"], event["log_level"]), ("smtpproxy.upstream", level))
+        self.assertIn(cause, formatEvent(event))
+
+    @defer.inlineCallbacks
+    def test_starttlsVerified(self):
+        """The certificate matches 127.0.0.1 through its IP SAN."""
+        fake = self.start(tls=server_options(self.certs))
+        reply = yield self.deliver(fake, tls="starttls")
+        self.assertEqual(reply.code, 250)
+        [message] = fake.messages
+        self.assertTrue(message.tls)
+        self.assertEqual(message.data, self.MESSAGE)
+        self.assertEqual(self.logged, [])
+
+    @defer.inlineCallbacks
+    def test_starttlsByName(self):
+        fake = self.start(tls=server_options(self.certs))
+        reply = yield self.deliver(fake, host="localhost", tls="starttls")
+        self.assertEqual(reply.code, 250)
+        self.assertTrue(fake.messages[0].tls)
+
+    @defer.inlineCallbacks
+    def test_starttlsUntrusted(self):
+        fake = self.start(tls=server_options(self.certs))
+        reply = yield self.deliver(fake, trusted=self.certificates(), tls="starttls")
+        self.assertNotDelivered(fake, reply, "certificate verify failed")
+
+    @defer.inlineCallbacks
+    def test_starttlsWrongName(self):
+        """Trusted CA, but the certificate is for another name than the host."""
+        self.certs = self.certificates(hostname="other.test")
+        fake = self.start(tls=server_options(self.certs))
+        reply = yield self.deliver(fake, host="localhost", tls="starttls")
+        self.assertNotDelivered(fake, reply, "TLS handshake failed")
+
+    @defer.inlineCallbacks
+    def test_starttlsNotOffered(self):
+        """No STARTTLS (or stripped on the path): the message waits, never goes in clear."""
+        fake = self.start()
+        reply = yield self.deliver(fake, tls="starttls")
+        self.assertNotDelivered(fake, reply, "does not support secure communication")
+
+    @defer.inlineCallbacks
+    def test_noneNeverUpgrades(self):
+        fake = self.start(tls=server_options(self.certs))
+        reply = yield self.deliver(fake, tls="none")
+        self.assertEqual(reply.code, 250)
+        self.assertFalse(fake.messages[0].tls)
+
+    @defer.inlineCallbacks
+    def test_implicitTls(self):
+        fake = self.start(tls=server_options(self.certs), implicit_tls=True)
+        reply = yield self.deliver(fake, tls="tls")
+        self.assertEqual(reply.code, 250)
+        self.assertTrue(fake.messages[0].tls)
+
+    @defer.inlineCallbacks
+    def test_implicitTlsUntrusted(self):
+        fake = self.start(tls=server_options(self.certs), implicit_tls=True)
+        reply = yield self.deliver(fake, trusted=self.certificates(), tls="tls")
+        self.assertNotDelivered(fake, reply, "certificate verify failed")
+
+    @defer.inlineCallbacks
+    def test_login(self):
+        fake = self.start(tls=server_options(self.certs), logins={"ann": self.PASSWORD})
+        reply = yield self.deliver(fake, tls="starttls", username="ann", password=self.PASSWORD)
+        self.assertEqual(reply.code, 250)
+        self.assertEqual((fake.messages[0].login, fake.messages[0].tls), ("ann", True))
+
+    @defer.inlineCallbacks
+    def test_loginImplicitTls(self):
+        fake = self.start(
+            tls=server_options(self.certs), implicit_tls=True, logins={"ann": self.PASSWORD}
+        )
+        reply = yield self.deliver(fake, tls="tls", username="ann", password=self.PASSWORD)
+        self.assertEqual(reply.code, 250)
+        self.assertEqual(fake.messages[0].login, "ann")
+
+    @defer.inlineCallbacks
+    def test_loginRefused(self):
+        """
+        The proxy's own credentials are wrong: the operator's problem, so an
+        error in the log, and for the client only a temporary 451.  The
+        password is in no log event, neither as given nor in base64.
+        """
+        fake = self.start(tls=server_options(self.certs), logins={"ann": "other"})
+        reply = yield self.deliver(fake, tls="starttls", username="ann", password=self.PASSWORD)
+        self.assertNotDelivered(fake, reply, "535", level=LogLevel.error)
+        password = self.PASSWORD.encode("utf-8")
+        secrets = [
+            self.PASSWORD,
+            base64.b64encode(password).decode(),
+            base64.b64encode(b"ann\0ann\0" + password).decode(),
+            base64.b64encode(b"\0ann\0" + password).decode(),
+        ]
+        for event in self.logged:
+            text = formatEvent(event) + repr(event)
+            for secret in secrets:
+                self.assertNotIn(secret, text)
+
+    @defer.inlineCallbacks
+    def test_loginNotOffered(self):
+        fake = self.start(tls=server_options(self.certs))
+        reply = yield self.deliver(fake, tls="starttls", username="ann", password=self.PASSWORD)
+        self.assertNotDelivered(fake, reply, "Authentication", level=LogLevel.error)
+
+
+class UpstreamConfigTests(unittest.SynchronousTestCase):
+    def test_passwordNotInRepr(self):
+        config = Upstream(
+            host="mx.example", port=465, tls="tls", username="ann", password="s3cret"
+        )
+        self.assertIn("ann", repr(config))
+        self.assertNotIn("s3cret", repr(config))
+
+    def test_credentialsNeedTls(self):
+        with self.assertRaises(ValueError) as raised:
+            Upstream(host="mx.example", port=25, username="ann", password="s3cret")
+        self.assertIn("never sent in clear", str(raised.exception))
+
+    def test_userAndPasswordTogether(self):
+        self.assertRaises(ValueError, Upstream, "mx.example", 25, tls="tls", username="ann")
+        self.assertRaises(ValueError, Upstream, "mx.example", 25, tls="tls", password="s3cret")
+
+    def test_tlsModes(self):
+        self.assertIsNone(Upstream("mx.example", 25).client_tls)
+        self.assertIsNotNone(Upstream("mx.example", 25, tls="starttls").client_tls)
+        self.assertRaises(ValueError, Upstream, "mx.example", 25, tls="ssl")

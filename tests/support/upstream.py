@@ -24,6 +24,7 @@ from twisted.internet import defer
 from twisted.internet.protocol import Factory
 from twisted.mail import smtp
 from twisted.mail.imap4 import PLAINCredentials
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from tests.support.loopback import listen_loopback
@@ -42,8 +43,8 @@ class ReceivedMessage:
 
     ``data`` is every line of the content (dots unstuffed) followed by CRLF, so for a
     well-formed message it equals what the sender meant to send.  ``helo`` is the EHLO/HELO
-    argument, ``login`` the AUTH user name (None without AUTH), ``tls`` whether STARTTLS was
-    in effect.
+    argument, ``login`` the AUTH user name (None without AUTH), ``tls`` whether TLS (STARTTLS
+    or implicit) was in effect.
     """
 
     sender: str
@@ -55,6 +56,20 @@ class ReceivedMessage:
     tls: bool
 
 
+@attrs.frozen
+class Script:
+    """
+    How the upstream treats one message once its recipients are in: the reply to its final
+    dot (C{None}: accept with a queue id), whether to drop the connection after recording it
+    instead, and where to stall (C{"DATA"}, L{END_OF_DATA} or C{None}); see
+    L{FakeUpstream.scripts}.
+    """
+
+    data_reply: tuple = None
+    drop_after_data: bool = False
+    stall: str = None
+
+
 def start_upstream(
     reactor,
     *,
@@ -62,6 +77,7 @@ def start_upstream(
     data_reply=None,
     drop_after_data=False,
     tls=None,
+    implicit_tls=False,
     logins=None,
     hostname="upstream.test",
 ):
@@ -74,10 +90,11 @@ def start_upstream(
         C{250 2.0.0 Ok: queued as <id>}; a 4xx/5xx refuses the message.
     @param drop_after_data: record the message, then close without replying to the dot.
     @param tls: server C{CertificateOptions}: offer STARTTLS.
+    @param implicit_tls: with C{tls}, speak TLS from the first byte (port 465 style) instead.
     @param logins: username -> password: offer AUTH PLAIN/LOGIN and require it before MAIL.
     """
     return FakeUpstream(
-        reactor, rcpt_refusals, data_reply, drop_after_data, tls, logins, hostname
+        reactor, rcpt_refusals, data_reply, drop_after_data, tls, implicit_tls, logins, hostname
     )
 
 
@@ -87,26 +104,40 @@ class FakeUpstream:
     @ivar hostname: the name in the greeting and the EHLO reply.
     @ivar messages: every L{ReceivedMessage}, in order (including one whose reply was dropped).
     @ivar rcpt_refusals, data_reply, drop_after_data: the script; may change between messages.
+    @ivar scripts: first recipient -> L{Script}: that message's own script instead of
+        C{data_reply}, C{drop_after_data} and L{stall}, so concurrent messages can each meet
+        a different fault.  Its stall applies from the recipients on, at C{"DATA"} or
+        L{END_OF_DATA}.
+    @ivar collector: the C{IMessage} class each message's content goes to; its
+        C{eomReceived} result is L{ReceivedMessage.data}.  L{_Collector} keeps the bytes;
+        a test streaming more than memory holds can count them instead.
     """
 
-    def __init__(self, reactor, rcpt_refusals, data_reply, drop_after_data, tls, logins, hostname):
+    def __init__(
+        self, reactor, rcpt_refusals, data_reply, drop_after_data, tls, implicit_tls, logins, hostname
+    ):
         self.messages = []
         self.rcpt_refusals = dict(rcpt_refusals or {})
         self.data_reply = data_reply
         self.drop_after_data = drop_after_data
         self.hostname = hostname
         self._tls = tls
+        self._implicit_tls = implicit_tls
         self._portal = None
         if logins:
             checker = InMemoryUsernamePasswordDatabaseDontUse()
             for user, password in logins.items():
                 checker.addUser(user.encode(), password.encode())
             self._portal = Portal(_Realm(self), [checker])
+        self.scripts = {}
+        self.collector = _Collector
         self._stall = None
         self._reached = None
         self._stalled = []
         factory = Factory.forProtocol(functools.partial(_Session, self))
         factory.noisy = False
+        if implicit_tls:
+            factory = TLSMemoryBIOFactory(tls, False, factory)
         self._server = listen_loopback(reactor, factory)
         self.port = self._server.port
 
@@ -143,13 +174,25 @@ class FakeUpstream:
         """Stop listening and drop every connection, stalled or not; a Deferred."""
         return self._server.close()
 
-    def _stalls_at(self, step):
-        return step is not None and step == self._stall
+    def _script(self, delivery):
+        """
+        The L{Script} of C{delivery}'s message (C{delivery} is the connection's latest
+        transaction, or None before its first MAIL).
+        """
+        recipients = delivery.recipients if delivery is not None else ()
+        own = self.scripts.get(recipients[0]) if recipients else None
+        return own or Script(self.data_reply, self.drop_after_data, self._stall)
+
+    def _stalls_at(self, step, delivery):
+        return step is not None and step == self._script(delivery).stall
 
     def _hold(self, session):
-        """Park C{session} (already holding its input) until L{release}; tell the test."""
+        """
+        Park C{session} (already holding its input) until L{release}; tell the test that
+        called L{stall}, if one did (a message's own L{Script} stalls with nobody waiting).
+        """
         self._stalled.append(session)
-        if not self._reached.called:
+        if self._reached is not None and not self._reached.called:
             self._reached.callback(None)
 
     def _forget(self, session):
@@ -179,7 +222,7 @@ class _Session(smtp.ESMTP):
         challengers = {}
         if upstream._portal is not None:
             challengers = {b"PLAIN": PLAINCredentials, b"LOGIN": smtp.LOGINCredentials}
-        super().__init__(challengers, upstream._tls)
+        super().__init__(challengers, None if upstream._implicit_tls else upstream._tls)
         self.host = upstream.hostname
         self.portal = upstream._portal
         self.deliveryFactory = _Deliveries(upstream, None)
@@ -192,7 +235,7 @@ class _Session(smtp.ESMTP):
         return self.host + b" ESMTP fake upstream"
 
     def connectionMade(self):
-        if self._upstream._stalls_at(GREETING):
+        if self._upstream._stalls_at(GREETING, None):
             self._held = []
             self._upstream._hold(self)
         else:
@@ -205,7 +248,7 @@ class _Session(smtp.ESMTP):
     def lineReceived(self, line):
         if self._held is not None:
             self._held.append(line)
-        elif self._upstream._stalls_at(self._step(line)):
+        elif self._upstream._stalls_at(self._step(line), self.delivery):
             self._held = [line]
             self._upstream._hold(self)  # last: the test may release us from in here
         else:
@@ -238,13 +281,15 @@ class _Session(smtp.ESMTP):
         self._SMTP__inbody = 1  # no empty line inserted before a first line without a colon
 
     def _messageHandled(self, resultList):
-        scripted = self._upstream.data_reply
+        script = self._upstream._script(self._transaction)
+        scripted = script.data_reply
         if scripted is not None and scripted[0] >= 400:
             self.sendCode(scripted[0], scripted[1].encode())
             return
         _, data = resultList[0]  # every recipient's copy is the same; one is recorded
-        message = self._upstream._accept(self._transaction, data, self.startedTLS)
-        if self._upstream.drop_after_data:
+        tls = self.startedTLS or self._upstream._implicit_tls
+        message = self._upstream._accept(self._transaction, data, tls)
+        if script.drop_after_data:
             self.transport.loseConnection()
             return
         code, text = scripted or (250, f"2.0.0 Ok: queued as {message.queue_id}")
@@ -299,7 +344,7 @@ class _Transaction:
             code, text = refusal
             raise smtp.SMTPBadRcpt(address, code, text)  # str text: Twisted encodes it here
         self.recipients.append(address)
-        return _Collector
+        return self.upstream.collector
 
 
 @implementer(smtp.IMessage)
