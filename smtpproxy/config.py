@@ -9,6 +9,8 @@ the ones SPEC section 7 names.
 import socket
 
 from attrs import field, frozen
+from attrs.validators import in_
+from twisted.internet.ssl import optionsForClientTLS
 
 
 @frozen
@@ -23,17 +25,54 @@ class Limits:
     max_line_length: int = 2048
     idle_timeout: float = 300
     pretls_timeout: float = 30
+    data_timeout: float = 600
     spool_memory: int = 256 * 1024
+
+
+UPSTREAM_TLS = ("none", "starttls", "tls")
 
 
 @frozen
 class Upstream:
-    """Where allowed mail goes, and how long each step may take."""
+    """
+    Where allowed mail goes, how it is protected, and how long each step may take.
+
+    @ivar tls: C{"none"}: plain, never upgraded; C{"starttls"}: STARTTLS is
+        required; C{"tls"}: implicit TLS (port 465 style).  Both TLS modes
+        verify the certificate for C{host} (a name, or an IP address in its
+        SANs): if that fails the message waits rather than going in clear.
+    @ivar trust_root: the L{IOpenSSLTrustRoot} that certificate must chain
+        to (L{smtpproxy.tls.load_trust_root}); C{None} is the system store.
+    @ivar username: log in to the upstream (AUTH) as this user, with
+        C{password}; only over TLS, so the password never goes in clear.
+    @ivar client_tls: derived: the client TLS context for every delivery,
+        built once so the trust store is not loaded again for each message.
+    """
 
     host: str
     port: int
     timeout: float = 60
     connect_timeout: float = 30
+    tls: str = field(default="none", validator=in_(UPSTREAM_TLS))
+    trust_root: object = field(default=None, repr=False)
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    client_tls: object = field(init=False, repr=False, eq=False)
+
+    @client_tls.default
+    def _client_tls(self):
+        if self.tls == "none":
+            return None
+        return optionsForClientTLS(self.host, trustRoot=self.trust_root)
+
+    def __attrs_post_init__(self):
+        if (self.username is None) != (self.password is None):
+            raise ValueError("an upstream user needs a password, and a password a user")
+        if self.username is not None and self.tls == "none":
+            raise ValueError(
+                "upstream credentials need upstream TLS (starttls or tls): "
+                "they are never sent in clear"
+            )
 
 
 @frozen

@@ -2,19 +2,25 @@
 The SMTP server factory: what a listening endpoint needs to serve the proxy.
 
 It holds what all sessions share (the config, the clock, the policy
-client, the upstream delivery) and builds one L{ProxySession} per
-connection.  Both the twistd plugin and applications that embed the proxy
-use it through L{build_factory}.
+client, the upstream delivery, the open sessions and their count per
+address) and builds one L{ProxySession} per connection.  Both the twistd
+plugin and applications that embed the proxy use it through
+L{build_factory}.
 """
 
 import itertools
 
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 from twisted.mail import smtp
 
-from smtpproxy import upstream
+from smtpproxy import replies, upstream
+from smtpproxy.connections import ConnectionTable
 from smtpproxy.policy import PolicyClient
 from smtpproxy.session import ProxySession
 from smtpproxy.transaction import Transaction
+
+log = Logger()
 
 
 class ProxyFactory(smtp.SMTPFactory):
@@ -29,12 +35,72 @@ class ProxyFactory(smtp.SMTPFactory):
         self.config = config
         self.reactor = reactor
         self.policy = policy
+        self.connections = ConnectionTable(config.limits, reactor)
+        self.draining = False
         self._numbers = itertools.count(1)
+        self._sessions = set()
+        self._drained = None
 
     def buildProtocol(self, addr):
         session = ProxySession(self, next(self._numbers))
         session.callLater = self.reactor.callLater
         return session
+
+    def connected(self, session):
+        """
+        A session's connection is made: L{None} to greet it, or the
+        L{smtpproxy.replies.Reply} to refuse it with (a connection limit,
+        or the proxy is draining).
+        """
+        if self.draining:
+            return replies.SHUTTING_DOWN
+        refusal = self.connections.admit(session.client)
+        if refusal is None:
+            self._sessions.add(session)
+        return refusal
+
+    def disconnected(self, session):
+        """A session's connection is gone; admitted ones free their place."""
+        if session in self._sessions:
+            self._sessions.remove(session)
+            self.connections.release(session.client)
+            if self._drained is not None and not self._sessions:
+                self._drained.callback(None)
+
+    def drain(self, timeout):
+        """
+        Stop serving, without losing a message (SIGTERM): new connections
+        and every session not waiting for its message's outcome get
+        C{421 4.3.2} and are closed; the messages past their final dot are
+        finished (API and upstream), their clients get the real reply, then
+        C{421}.  Call it once, after the listeners have stopped.
+
+        @param timeout: seconds to wait for those messages; sessions still
+            waiting then are cut off without a reply.
+        @return: a Deferred that fires once every session has gone.
+        """
+        self.draining = True
+        self._drained = Deferred()
+        delivering = sum(session.delivering for session in self._sessions)
+        log.info(
+            "draining: closing {idle} idle session(s), waiting up to {timeout} s "
+            "for {delivering} message(s) in flight",
+            idle=len(self._sessions) - delivering, delivering=delivering, timeout=timeout,
+        )
+        for session in list(self._sessions):
+            session.shut_down()
+        if not self._sessions:
+            self._drained.callback(None)
+        cutoff = self.reactor.callLater(timeout, self._cut_off)
+        return self._drained.addBoth(_cancelling, cutoff)
+
+    def _cut_off(self):
+        log.warn(
+            "drain timeout: cutting off {count} session(s) still waiting for their message",
+            count=len(self._sessions),
+        )
+        for session in list(self._sessions):
+            session.transport.abortConnection()
 
     def transaction(self, login, client, helo):
         return Transaction(self, login, client, helo)
@@ -49,6 +115,12 @@ class ProxyFactory(smtp.SMTPFactory):
     def close(self):
         """Release shared resources (the API's connection pool): a Deferred."""
         return self.policy.close()
+
+
+def _cancelling(result, call):
+    if call.active():
+        call.cancel()
+    return result
 
 
 def build_factory(config, reactor):

@@ -11,11 +11,24 @@ listing, reply formatting and the idle timer.
 Input goes through a pull-based L{Framer}: while a message's outcome is
 pending the session stops pulling (and pauses the socket), so a command
 pipelined after the final dot is answered only after the DATA reply, and
-every command gets exactly one reply, in order.
+every command gets exactly one reply, in order.  The session is also the
+transport's push producer of replies: a client that pipelines commands but
+never reads the replies fills the transport's write buffer, the transport
+pauses the session, and the session stops reading until the client reads,
+so such a client cannot make the proxy buffer without bound.
+
+Timeouts (each a L{Limits} field): C{pretls_timeout} runs from connect to
+the first command inside TLS and is not reset by input, so dribbling bytes
+cannot hold a slot before TLS; C{idle_timeout} then runs per command;
+C{data_timeout} runs from the last bytes received in DATA; while the
+outcome of a message is pending no timer runs at all.  A client that does
+not read its last reply (421, 221) within C{idle_timeout} is cut off.
 """
 
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.mail import smtp
+from zope.interface import implementer
 
 from smtpproxy import auth, replies
 from smtpproxy.commands import CommandError, parse_command, parse_mail, parse_rcpt
@@ -26,6 +39,7 @@ log = Logger(namespace="smtpproxy.smtp")
 NEEDS_TLS = frozenset({"AUTH", "MAIL", "RCPT", "DATA"})
 
 
+@implementer(IPushProducer)
 class ProxySession(smtp.ESMTP):
     """
     One client connection.
@@ -33,6 +47,7 @@ class ProxySession(smtp.ESMTP):
     @ivar factory: the L{smtpproxy.server.ProxyFactory} with the config and
         the shared services.
     @ivar number: this connection's id in the logs.
+    @ivar client: the client's address (host), what connection limits count.
     """
 
     noisy = False
@@ -46,17 +61,17 @@ class ProxySession(smtp.ESMTP):
         self.timeout = self.limits.pretls_timeout
         self._transcript = factory.config.transcript
         self._framer = Framer(self.limits.max_line_length)
+        self.client = None
         self._held = False
+        self._blocked = False
+        self._producing = False
+        self._closing = False
         self._login = None
         self._auth = None
         self._transaction = None
         self._message = None
 
     # Output.
-
-    def connectionMade(self):
-        self._log_input(f"[connection from {self.transport.getPeer().host}]")
-        super().connectionMade()
 
     def greeting(self):
         return self.host + b" ESMTP smtpproxy"
@@ -85,12 +100,12 @@ class ProxySession(smtp.ESMTP):
     # Input.
 
     def dataReceived(self, data):
-        self.resetTimeout()
-        self._framer.feed(data)
-        self._drain()
+        if not self._closing:
+            self._framer.feed(data)
+            self._drain()
 
     def _drain(self):
-        while not self._held and not self.transport.disconnecting:
+        while not (self._held or self._blocked or self._closing):
             if self._framer.in_data:
                 piece = self._framer.next_data()
                 if piece is None:
@@ -100,6 +115,8 @@ class ProxySession(smtp.ESMTP):
             line = self._framer.next_command()
             if line is None:
                 return
+            if self.startedTLS:
+                self.setTimeout(self.limits.idle_timeout)
             if line is TOO_LONG:
                 self._log_input("[overlong line]")
                 self._auth = None
@@ -139,15 +156,28 @@ class ProxySession(smtp.ESMTP):
         else:
             self._log_input(line)
 
-    def _hold(self):
-        """Stop reading input until L{_release}: a reply is pending."""
-        self._held = True
-        self.transport.pauseProducing()
+    def _reading(self):
+        """Read the socket only while input can be used."""
+        if self._held or self._blocked:
+            self.transport.pauseProducing()
+        else:
+            self.transport.resumeProducing()
 
-    def _release(self):
-        self._held = False
-        self.transport.resumeProducing()
+    # Output flow control (IPushProducer): the transport calls these.
+
+    def pauseProducing(self):
+        """The client is not reading its replies: take no more commands."""
+        self._blocked = True
+        self._reading()
+
+    def resumeProducing(self):
+        self._blocked = False
+        self._reading()
         self._drain()
+
+    def stopProducing(self):
+        """The connection is gone; L{connectionLost} cleans up."""
+        self._producing = False
 
     # Commands (SPEC section 1).
 
@@ -182,7 +212,6 @@ class ProxySession(smtp.ESMTP):
             self._login = self._transaction = None
             self.transport.startTLS(self.ctx)
             self.startedTLS = True
-            self.setTimeout(self.limits.idle_timeout)
 
     def smtp_AUTH(self, argument):
         if self._login is not None:
@@ -260,8 +289,10 @@ class ProxySession(smtp.ESMTP):
             self._transaction = None
             self.reply(replies.START_DATA)
             self._framer.start_data()
+            self.setTimeout(self.limits.data_timeout)
 
     def _data_piece(self, piece):
+        self.resetTimeout()
         if self._framer.bare_line_end:
             self._message.refuse(replies.BARE_LINE_END)
         else:
@@ -269,14 +300,25 @@ class ProxySession(smtp.ESMTP):
         if piece.end:
             message, self._message = self._message, None
             self._log_input(f"[message data, {message.size} bytes]")
-            self._hold()
+            self._held = True
+            self._reading()
             self.setTimeout(None)
             message.eomReceived().addCallback(self._message_done)
 
+    @property
+    def delivering(self):
+        """Whether the client waits for the outcome of its message."""
+        return self._held
+
     def _message_done(self, reply):
         self.reply(reply)
+        self._held = False
+        if self._closing or self.factory.draining:
+            self.shut_down()  # nothing more for a client that hung up after its dot
+            return
         self.setTimeout(self.limits.idle_timeout)
-        self._release()
+        self._reading()
+        self._drain()
 
     def smtp_RSET(self, argument):
         if argument:
@@ -296,19 +338,70 @@ class ProxySession(smtp.ESMTP):
 
     def smtp_QUIT(self, argument):
         self.reply(replies.BYE)
-        self.transport.loseConnection()
+        self._close()
 
     # Connection events.
 
-    def timeoutConnection(self):
-        self.reply(replies.TIMEOUT)
+    def connectionMade(self):
+        self.client = _host(self.transport.getPeer())
+        self._log_input(f"[connection from {self.client}]")
+        refusal = self.factory.connected(self)
+        if refusal is not None:
+            self._closing = True
+            self.reply(refusal)
+            self.transport.loseConnection()
+            return
+        self.transport.registerProducer(self, True)
+        self._producing = True
+        super().connectionMade()
+
+    def shut_down(self):
+        """
+        The proxy is stopping.  A client waiting for its message's outcome
+        gets it first (L{_message_done} comes back here).  Any other gets
+        C{421 4.3.2} now and is closed, even in the middle of DATA: it was
+        never told 250 for that message, so it sends it again later to a
+        running proxy, and nothing is lost.
+        """
+        if not (self._held or self._closing):
+            self.reply(replies.SHUTTING_DOWN)
+            self._close()
+
+    def _close(self):
+        """
+        Close after the last reply.  The producer goes first (a transport
+        with one registered never closes), reading resumes so a TLS layer
+        can finish its handshake or shutdown, and input is ignored from now
+        on.  A client that does not read that last reply gets
+        C{idle_timeout} to do so, then it is cut off.
+        """
+        self._closing = True
+        if self._producing:
+            self._producing = False
+            self.transport.unregisterProducer()
+        self.transport.resumeProducing()
         self.transport.loseConnection()
+        self.setTimeout(self.limits.idle_timeout)
+
+    def timeoutConnection(self):
+        if self._closing:
+            self.transport.abortConnection()
+        else:
+            self.reply(replies.TIMEOUT)
+            self._close()
 
     def connectionLost(self, reason):
+        self._closing = True
+        self.factory.disconnected(self)
         if self._message is not None:
             self._message.connectionLost()
             self._message = None
         super().connectionLost(reason)
+
+
+def _host(address):
+    """The host part of a peer address; a UNIX socket's peers share one key."""
+    return getattr(address, "host", str(address))
 
 
 def _text(data):

@@ -3,32 +3,35 @@ The twistd plugin's options and service: C{twistd -n smtpproxy --listen ...}.
 
 L{Options} keeps the original Perl proxy's option names (SPEC section 7);
 L{makeService} turns them into a L{ProxyConfig}, reads every file (TLS
-certificate and key, logs) before twistd drops privileges, and listens on
-every C{--listen} endpoint with the factory from L{build_factory}, the same
-one embedding applications use.
+certificate and key, upstream CA and password, logs) before twistd drops
+privileges, and listens on every C{--listen} endpoint with the factory from
+L{build_factory}, the same one embedding applications use.
 """
 
 import pwd
 import re
+import signal
 import sys
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IProcess, MultiService
 from twisted.internet.endpoints import serverFromString
-from twisted.logger import ILogObserver
+from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 
 from smtpproxy import manual
 from smtpproxy._version import __version__
-from smtpproxy.config import Limits, Policy, ProxyConfig, Upstream
+from smtpproxy.config import UPSTREAM_TLS, Limits, Policy, ProxyConfig, Upstream
 from smtpproxy.logs import LEVELS, LogRouter
 from smtpproxy.server import build_factory
-from smtpproxy.tls import TLSFilesError, load_context
+from smtpproxy.tls import ReloadableContext, TLSFilesError, load_trust_root
 
 _IPV4_PORT = re.compile(r"^((?:\d{1,3}\.){3}\d{1,3})?:(\d+)$")
 _IPV6_PORT = re.compile(r"^\[([0-9A-Fa-f:.]+)\]:(\d+)$")
 
 _defaults = Limits()
+
+log = Logger()
 
 
 def endpoint_description(listen):
@@ -54,6 +57,52 @@ def fail(message):
     raise SystemExit(2)
 
 
+def _upstream(options):
+    """
+    The L{Upstream} the options describe.  The CA and password files are read
+    here, before privileges drop; anything unusable is a start-up error.
+    """
+    if options["upstream_tls"] not in UPSTREAM_TLS:
+        fail(f"--upstream_tls must be one of {', '.join(UPSTREAM_TLS)}")
+    trust_root = None
+    if options["upstream_ca"] is not None:
+        try:
+            trust_root = load_trust_root(options["upstream_ca"])
+        except TLSFilesError as e:
+            fail(str(e))
+    try:
+        return Upstream(
+            host=options["tohost"],
+            port=options["toport"],
+            timeout=options["upstream_timeout"],
+            tls=options["upstream_tls"],
+            trust_root=trust_root,
+            username=options["upstream_user"],
+            password=_password(options),
+        )
+    except ValueError as e:
+        fail(str(e))
+
+
+def _password(options):
+    """
+    C{--upstream_password}, or the first line of C{--upstream_password_file}:
+    a file keeps the secret out of C{ps} and shell history.
+    """
+    path = options["upstream_password_file"]
+    if path is None:
+        return options["upstream_password"]
+    if options["upstream_password"] is not None:
+        fail("give --upstream_password or --upstream_password_file, not both")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.readline().rstrip("\r\n")
+    except OSError as e:
+        fail(f"cannot read password file {path}: {e.strerror}")
+    except UnicodeDecodeError:
+        fail(f"password file {path} is not UTF-8")
+
+
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = "An SMTP submission proxy that asks a policy API before relaying. See --man."
@@ -71,12 +120,24 @@ class Options(usage.Options):
         ["api_timeout", None, 30.0, "Seconds for one whole API exchange.", float],
         ["api_ca", None, None, "CA bundle for an https API [default: system store]."],
         ["upstream_timeout", None, 60.0, "Seconds per upstream step.", float],
+        ["upstream_tls", None, "none", "TLS toward the upstream: none, starttls or tls (implicit)."],
+        ["upstream_ca", None, None, "CA bundle for the upstream's certificate [default: system store]."],
+        ["upstream_user", None, None, "Log in to the upstream (AUTH) as this user; needs upstream TLS."],
+        ["upstream_password", None, None, "Password for --upstream_user (visible in ps: prefer the file)."],
+        ["upstream_password_file", None, None, "File whose first line is the upstream password."],
         ["hostname", None, None, "Name in the greeting and toward the upstream [default: FQDN]."],
         ["max_recipients", None, _defaults.max_recipients, "Recipients per message.", int],
         ["max_message_size", None, _defaults.max_message_size, "Bytes per message.", int],
         ["max_header_size", None, _defaults.max_header_size, "Bytes of header block.", int],
+        ["max_connections", None, _defaults.max_connections, "Client connections in all.", int],
+        ["max_connections_per_ip", None, _defaults.max_connections_per_ip,
+         "Client connections from one address.", int],
         ["idle_timeout", None, _defaults.idle_timeout, "Seconds per command after TLS.", float],
-        ["pretls_timeout", None, _defaults.pretls_timeout, "Seconds to reach STARTTLS.", float],
+        ["pretls_timeout", None, _defaults.pretls_timeout,
+         "Seconds from connect to the first command inside TLS.", float],
+        ["data_timeout", None, _defaults.data_timeout, "Seconds without data during DATA.", float],
+        ["drain_timeout", None, 30.0,
+         "Seconds SIGTERM waits for messages past their final dot.", float],
         ["logpath", None, None, "Main log file [default: stderr]."],
         ["loglevel", None, "info", "debug, info, warn, error or fatal."],
         ["smtplog", None, None, "File for a transcript of every command and reply."],
@@ -118,9 +179,10 @@ class Options(usage.Options):
             except KeyError:
                 fail(f"--user: no such user {self['user']}")
         try:
-            self["tls"] = load_context(self["tls_cert"], self["tls_key"])
+            self["tls"] = ReloadableContext(self["tls_cert"], self["tls_key"])
         except TLSFilesError as e:
             fail(str(e))
+        self["upstream"] = _upstream(self)
 
 
 def config_from(options):
@@ -128,16 +190,17 @@ def config_from(options):
     hostname = {} if options["hostname"] is None else {"hostname": options["hostname"]}
     return ProxyConfig(
         policy=Policy(url=options["api"], timeout=options["api_timeout"], ca_path=options["api_ca"]),
-        upstream=Upstream(
-            host=options["tohost"], port=options["toport"], timeout=options["upstream_timeout"]
-        ),
+        upstream=options["upstream"],
         tls=options["tls"],
         limits=Limits(
             max_recipients=options["max_recipients"],
             max_message_size=options["max_message_size"],
             max_header_size=options["max_header_size"],
+            max_connections=options["max_connections"],
+            max_connections_per_ip=options["max_connections_per_ip"],
             idle_timeout=options["idle_timeout"],
             pretls_timeout=options["pretls_timeout"],
+            data_timeout=options["data_timeout"],
         ),
         transcript=options["smtplog"] is not None,
         log_credentials=options["credentials"],
@@ -148,14 +211,33 @@ def config_from(options):
 class ProxyService(MultiService):
     """
     The listeners, plus what twistd must learn from the plugin: where to
-    log and which user to become (TWISTED-NOTES fight I).
+    log and which user to become (TWISTED-NOTES fight I), and the signals
+    an operator sends: SIGTERM drains, SIGHUP reloads the certificate.
+
+    The drain is twistd's ordinary shutdown: twistd stops the application
+    in a "before shutdown" trigger, and the reactor waits for the Deferred
+    L{stopService} returns before it stops (Twisted 26.10,
+    C{twisted.internet.base._ThreePhaseEvent.fireEvent}).  SIGTERM is caught
+    here instead of by the reactor because the reactor's handler records
+    the signal, and twistd then kills itself with it once the reactor has
+    stopped (C{twisted.scripts.twistd.run}, C{app._exitWithSignal}): the
+    exit status would not be 0.  A second SIGTERM would only log
+    C{ReactorNotRunning}; here it gets the system's default action, so it
+    ends the process at once.
+
+    @param reactor: the reactor, to stop and to run signal work in.
+    @param drain_timeout: seconds the drain waits for messages in flight.
     """
 
-    def __init__(self, factory, observer, passwd):
+    def __init__(self, factory, observer, passwd, reactor, drain_timeout):
         super().__init__()
         self.factory = factory
         self.observer = observer
         self.passwd = passwd
+        self.drain_timeout = drain_timeout
+        self._reactor = reactor
+        self._catching = False
+        self._previous_hangup = None
 
     def setServiceParent(self, parent):
         super().setServiceParent(parent)
@@ -164,8 +246,47 @@ class ProxyService(MultiService):
             process = IProcess(parent)
             process.uid, process.gid = self.passwd.pw_uid, self.passwd.pw_gid
 
+    def startService(self):
+        super().startService()
+        self._reactor.callWhenRunning(self._catch_signals)
+
+    def _catch_signals(self):
+        """
+        Take over SIGTERM and SIGHUP: once the reactor runs, since the
+        reactor installs its own SIGTERM handler while starting.
+        """
+        if not self.running:
+            return
+        self._catching = True
+        signal.signal(signal.SIGTERM, self._terminate)
+        self._previous_hangup = signal.signal(signal.SIGHUP, self._hangup)
+        log.info(
+            "running: SIGTERM drains (at most {timeout} s), SIGHUP reloads the TLS certificate",
+            timeout=self.drain_timeout,
+        )
+
+    def _terminate(self, number, frame):
+        """
+        Signal handlers interrupt the reactor anywhere, so the work is
+        handed to it (as Twisted's own handlers do).
+        """
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        self._reactor.callFromThread(self._reactor.stop)
+
+    def _hangup(self, number, frame):
+        self._reactor.callFromThread(self.factory.config.tls.reload)
+
     def stopService(self):
+        """
+        Stop listening, drain the sessions, then close the shared clients;
+        the Deferred fires when all is done.
+        """
+        if self._catching:
+            self._catching = False
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGHUP, self._previous_hangup)
         stopped = super().stopService()
+        stopped.addBoth(lambda _: self.factory.drain(self.drain_timeout))
         stopped.addBoth(lambda _: self.factory.close())
         return stopped
 
@@ -185,7 +306,9 @@ def makeService(options, reactor=None):
     transcript = None if options["smtplog"] is None else _open(options["smtplog"])
     observer = LogRouter(main, LEVELS[options["loglevel"]], transcript)
     factory = build_factory(config_from(options), reactor)
-    service = ProxyService(factory, observer, options.get("passwd"))
+    service = ProxyService(
+        factory, observer, options.get("passwd"), reactor, options["drain_timeout"]
+    )
     for listen in options["listen"]:
         try:
             endpoint = serverFromString(reactor, endpoint_description(listen))

@@ -1,5 +1,6 @@
 """
-The server's TLS context for STARTTLS, read from PEM files.
+TLS material read from PEM files: the server's context for STARTTLS, and
+the trust roots that verify the servers the proxy connects to.
 
 The files are read with C{cryptography} and handed to Twisted as
 C{cryptography} objects: pyOpenSSL's own PKey/X509 types are deprecated
@@ -7,12 +8,22 @@ C{cryptography} objects: pyOpenSSL's own PKey/X509 types are deprecated
 """
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from twisted.internet.ssl import CertificateOptions, TLSVersion
+from cryptography.hazmat.primitives.serialization import Encoding, load_pem_private_key
+from twisted.internet.ssl import (
+    Certificate,
+    CertificateOptions,
+    TLSVersion,
+    trustRootFromCertificates,
+)
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.logger import Logger
+from zope.interface import implementer
+
+log = Logger()
 
 
 class TLSFilesError(Exception):
-    """The certificate or key file cannot be used; the message says why."""
+    """A certificate, key or CA file cannot be used; the message says why."""
 
 
 def load_context(cert_path, key_path):
@@ -39,6 +50,61 @@ def load_context(cert_path, key_path):
         certificate=chain[0],
         extraCertChain=chain[1:],
         raiseMinimumTo=TLSVersion.TLSv1_2,
+    )
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class ReloadableContext:
+    """
+    The server context from C{--tls_cert}/C{--tls_key}, re-read on demand
+    (SIGHUP), so a renewed certificate needs no restart.
+
+    Twisted asks a context for each new TLS connection (at STARTTLS, or at
+    accept on an implicit-TLS listener), so every connection made after
+    L{reload} gets the new pair; connections already in TLS keep theirs.
+
+    @raise TLSFilesError: from the constructor, when the files are unusable.
+    """
+
+    def __init__(self, cert_path, key_path):
+        self.cert_path = cert_path
+        self.key_path = key_path
+        self._current = load_context(cert_path, key_path)
+
+    def serverConnectionForTLS(self, protocol):
+        return self._current.serverConnectionForTLS(protocol)
+
+    def reload(self):
+        """
+        Read both files again.  A pair that cannot be used is one error line
+        in the log, and the pair in use stays: a botched renewal must not
+        take the service down.
+
+        @return: whether the new pair is in use.
+        """
+        try:
+            self._current = load_context(self.cert_path, self.key_path)
+        except TLSFilesError as e:
+            log.error("TLS reload failed, keeping the certificate in use: {reason}", reason=str(e))
+            return False
+        log.info("TLS certificate and key reloaded from {cert}", cert=self.cert_path)
+        return True
+
+
+def load_trust_root(ca_path):
+    """
+    A trust root of every certificate in the PEM file C{ca_path} (a bundle
+    may hold several), for verifying a server the proxy connects to.
+
+    @raise TLSFilesError: the file is unreadable or holds no certificate.
+    """
+    try:
+        with open(ca_path, "rb") as f:
+            certificates = x509.load_pem_x509_certificates(f.read())
+    except (OSError, ValueError) as e:
+        raise TLSFilesError(f"cannot read CA file {ca_path}: {_reason(e)}")
+    return trustRootFromCertificates(
+        [Certificate.loadPEM(c.public_bytes(Encoding.PEM)) for c in certificates]
     )
 
 

@@ -12,6 +12,7 @@ from twisted.logger import ILogObserver
 from twisted.trial.unittest import SynchronousTestCase
 
 from smtpproxy import tap
+from smtpproxy.tls import ReloadableContext
 from tests.support.certs import make_certificates
 
 
@@ -31,7 +32,7 @@ class OptionsTests(SynchronousTestCase):
         directory = self.mktemp()
         os.mkdir(directory)
         certs = make_certificates(directory)
-        self.cert, self.key = certs.cert_path, certs.key_path
+        self.cert, self.key, self.ca = certs.cert_path, certs.key_path, certs.ca_path
         self.stderr = io.StringIO()
         self.patch(sys, "stderr", self.stderr)
         self.stdout = io.StringIO()
@@ -62,6 +63,17 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(config.policy.timeout, 30)
         self.assertFalse(config.transcript)
 
+    def test_limits_and_drain(self):
+        options = self.parse(self.arguments(
+            max_connections=5, max_connections_per_ip=2, data_timeout=60, drain_timeout=7))
+        limits = tap.config_from(options).limits
+        self.assertEqual(
+            (limits.max_connections, limits.max_connections_per_ip, limits.data_timeout),
+            (5, 2, 60))
+        self.assertIsInstance(options["tls"], ReloadableContext)
+        service = tap.makeService(options, reactor=MemoryReactorClock())
+        self.assertEqual(service.drain_timeout, 7)
+
     def test_missing_mandatory(self):
         line, code = self.failure(self.arguments(api=None, listen=None))
         self.assertEqual(line, "smtpproxy: missing mandatory option --listen, --api (see --help)\n")
@@ -91,6 +103,75 @@ class OptionsTests(SynchronousTestCase):
         line, _ = self.failure(self.arguments(user="no-such-user-here"))
         self.assertEqual(line, "smtpproxy: --user: no such user no-such-user-here\n")
 
+    def test_upstream_plain_by_default(self):
+        upstream = tap.config_from(self.parse(self.arguments())).upstream
+        self.assertEqual((upstream.tls, upstream.username, upstream.client_tls), ("none", None, None))
+
+    def test_upstream_tls_and_login(self):
+        """The CA and the password file are read at start; only the file's first line counts."""
+        password_file = self.mktemp()
+        with open(password_file, "w", encoding="utf-8") as f:
+            f.write("s3cr\u00e9t\nignored\n")
+        options = self.parse(self.arguments(
+            upstream_tls="starttls", upstream_ca=self.ca, upstream_user="ann",
+            upstream_password_file=password_file,
+        ))
+        upstream = tap.config_from(options).upstream
+        self.assertEqual((upstream.tls, upstream.username), ("starttls", "ann"))
+        self.assertEqual(upstream.password, "s3cr\u00e9t")
+        self.assertIsNotNone(upstream.trust_root)
+
+    def test_upstream_password_option(self):
+        options = self.parse(self.arguments(
+            upstream_tls="tls", upstream_user="ann", upstream_password="s3cret"
+        ))
+        self.assertEqual(tap.config_from(options).upstream.password, "s3cret")
+
+    def test_bad_upstream_tls(self):
+        line, code = self.failure(self.arguments(upstream_tls="ssl"))
+        self.assertEqual(line, "smtpproxy: --upstream_tls must be one of none, starttls, tls\n")
+        self.assertEqual(code, 2)
+
+    def test_missing_upstream_ca(self):
+        line, code = self.failure(self.arguments(upstream_tls="tls", upstream_ca="/nonexistent/ca.pem"))
+        self.assertEqual(
+            line, "smtpproxy: cannot read CA file /nonexistent/ca.pem: No such file or directory\n"
+        )
+        self.assertEqual(code, 2)
+
+    def test_upstream_ca_without_certificate(self):
+        line, _ = self.failure(self.arguments(upstream_tls="tls", upstream_ca=self.key))
+        self.assertTrue(line.startswith(f"smtpproxy: cannot read CA file {self.key}: "))
+
+    def test_credentials_without_tls(self):
+        line, code = self.failure(self.arguments(upstream_user="ann", upstream_password="s3cret"))
+        self.assertEqual(
+            line,
+            "smtpproxy: upstream credentials need upstream TLS (starttls or tls): "
+            "they are never sent in clear\n",
+        )
+        self.assertEqual(code, 2)
+        self.assertNotIn("s3cret", self.stdout.getvalue())
+
+    def test_user_without_password(self):
+        line, _ = self.failure(self.arguments(upstream_tls="tls", upstream_user="ann"))
+        self.assertIn("an upstream user needs a password", line)
+
+    def test_two_passwords(self):
+        line, _ = self.failure(self.arguments(
+            upstream_tls="tls", upstream_user="ann", upstream_password="a",
+            upstream_password_file=self.key,
+        ))
+        self.assertIn("not both", line)
+
+    def test_unreadable_password_file(self):
+        line, _ = self.failure(self.arguments(
+            upstream_tls="tls", upstream_user="ann", upstream_password_file="/nonexistent/pw"
+        ))
+        self.assertEqual(
+            line, "smtpproxy: cannot read password file /nonexistent/pw: No such file or directory\n"
+        )
+
     def test_version(self):
         with self.assertRaises(SystemExit) as raised:
             self.parse(["--version"])
@@ -102,11 +183,13 @@ class OptionsTests(SynchronousTestCase):
             self.parse(["--man"])
         manual = self.stdout.getvalue()
         for name in ["listen", "user", "tohost", "toport", "tls_cert", "tls_key", "api",
-                     "logpath", "loglevel", "smtplog", "credentials", "max_recipients"]:
+                     "logpath", "loglevel", "smtplog", "credentials", "max_recipients",
+                     "upstream_tls", "upstream_ca", "upstream_user", "upstream_password_file",
+                     "max_connections", "max_connections_per_ip", "data_timeout", "drain_timeout"]:
             self.assertIn("--" + name, manual)
 
     def test_help_shows_defaults(self):
-        text = str(tap.Options())
+        text = " ".join(str(tap.Options()).split())  # as usage.Options wraps it
         self.assertIn("--api_timeout=", text)
         self.assertIn("[default: 30.0]", text)
 

@@ -1,0 +1,85 @@
+"""
+Connection limits (C{--max_connections}, C{--max_connections_per_ip}).
+
+A client over a limit is refused before the greeting, so it costs one
+accept and one reply line, and the sessions already admitted never notice.
+Only admitted connections are counted, and an address leaves the table
+when its last connection closes: the table holds at most
+C{max_connections} addresses whatever an attacker does.
+
+Refusals come in floods exactly when they matter, so they are logged as a
+summary: the first refusal at once, then at most one line per
+L{REPORT_INTERVAL} seconds, counting what was refused since the last line.
+"""
+
+from collections import Counter
+
+from twisted.logger import Logger
+
+from smtpproxy import replies
+
+log = Logger()
+
+REPORT_INTERVAL = 60
+"""Seconds between two log lines about refused connections."""
+
+
+class ConnectionTable:
+    """
+    The open client connections, counted in all and per address.
+
+    @param limits: the L{smtpproxy.config.Limits}.
+    @param clock: an C{IReactorTime}, for the log summary only.
+    """
+
+    def __init__(self, limits, clock):
+        self._max = limits.max_connections
+        self._max_per_address = limits.max_connections_per_ip
+        self._clock = clock
+        self._per_address = Counter()
+        self.total = 0
+        self._refused = Counter()
+        self._next_report = float("-inf")
+
+    @property
+    def addresses(self):
+        """How many distinct addresses have a connection open."""
+        return len(self._per_address)
+
+    def admit(self, address):
+        """
+        Count a new connection from C{address}, or refuse it.
+
+        @return: L{None} when admitted (call L{release} when it closes), or
+            the L{smtpproxy.replies.Reply} to send before closing it.
+        """
+        if self.total >= self._max:
+            return self._refuse(address, f"max_connections={self._max}")
+        if self._per_address[address] >= self._max_per_address:
+            return self._refuse(address, f"max_connections_per_ip={self._max_per_address}")
+        self.total += 1
+        self._per_address[address] += 1
+        return None
+
+    def release(self, address):
+        """An admitted connection from C{address} has closed."""
+        self.total -= 1
+        self._per_address[address] -= 1
+        if not self._per_address[address]:
+            del self._per_address[address]
+
+    def _refuse(self, address, limit):
+        self._refused[limit] += 1
+        now = self._clock.seconds()
+        if now >= self._next_report:
+            log.warn(
+                "refused {count} connection(s) at the limit ({limits}); "
+                "the last from {address}; next report in {interval} s at the earliest",
+                count=sum(self._refused.values()),
+                limits=", ".join(f"{n} at {name}" for name, n in sorted(self._refused.items())),
+                address=address,
+                interval=REPORT_INTERVAL,
+            )
+            self._refused.clear()
+            self._next_report = now + REPORT_INTERVAL
+        return replies.TOO_MANY_CONNECTIONS

@@ -1,0 +1,291 @@
+"""
+Graceful drain (SIGTERM, issue 3): idle sessions get 421 4.3.2 at once,
+messages past their final dot are finished and their clients hear the real
+outcome, nothing new is accepted, and the drain ends by --drain_timeout at
+the latest.  In memory with a clock, end to end over loopback, through
+ProxyService, and once through a real twistd process.
+"""
+
+import os
+import shutil
+import signal
+import socket
+import sys
+
+from twisted.application.service import Service
+from twisted.internet import defer, reactor
+from twisted.internet.error import (
+    ConnectionDone,
+    ConnectionLost,
+    ConnectionRefusedError,
+    ProcessDone,
+    ProcessTerminated,
+)
+from twisted.internet.protocol import ProcessProtocol
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from smtpproxy import tap
+from tests.support.api import start_api
+from tests.support.certs import client_options, make_certificates
+from tests.support.client import connect, data_block, send_mail
+from tests.support.stack import PASSWORD, USER, Stack, allow
+from tests.support.upstream import END_OF_DATA, start_upstream
+from tests.test_session import QUEUED, SessionTestCase, TLSStringTransport
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
+MESSAGE = b"Subject: drain\r\n\r\nbody\r\n"
+
+
+class SessionDrainTests(SessionTestCase):
+    def lose(self):
+        self.session.connectionLost(Failure(ConnectionDone()))
+
+    def test_idle_session_is_told_and_closed(self):
+        self.tls()
+        self.transport.clear()
+        drained = self.factory.drain(30)
+        self.assertEqual(self.transport.value().decode(), SHUTTING_DOWN + "\r\n")
+        self.assertTrue(self.transport.disconnecting)
+        self.assertNoResult(drained)
+        self.lose()
+        self.successResultOf(drained)
+
+    def test_mid_data_session_is_closed_and_nothing_is_delivered(self):
+        self.envelope()
+        self.send(b"DATA\r\nSubject: half\r\n\r\nsome of the bo")
+        self.transport.clear()
+        self.factory.drain(30)
+        self.assertEqual(self.transport.value().decode(), SHUTTING_DOWN + "\r\n")
+        self.send(b"dy\r\n.\r\n")
+        self.lose()
+        self.assertEqual(self.factory.deliveries, [])
+
+    def test_message_in_flight_gets_its_outcome_then_421(self):
+        self.factory.outcome = defer.Deferred()
+        self.envelope()
+        self.send(b"DATA\r\n" + data_block(MESSAGE) + b"QUIT\r\n")
+        self.transport.clear()
+        drained = self.factory.drain(30)
+        self.clock.advance(29)
+        self.assertEqual(self.transport.value(), b"")
+        self.factory.outcome.callback(QUEUED)
+        self.assertEqual(self.transport.value().decode(),
+                         "250 2.0.0 Ok: queued as ABC\r\n" + SHUTTING_DOWN + "\r\n")
+        self.assertTrue(self.transport.disconnecting)
+        self.lose()
+        self.successResultOf(drained)
+
+    def test_drain_timeout_cuts_off(self):
+        self.factory.outcome = defer.Deferred()
+        self.envelope()
+        self.send(b"DATA\r\n" + data_block(MESSAGE))
+        drained = self.factory.drain(30)
+        self.clock.advance(29)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(self.transport.disconnected)
+        self.lose()
+        self.successResultOf(drained)
+
+    def test_new_connection_while_draining(self):
+        self.lose()
+        self.successResultOf(self.factory.drain(30))
+        late = self.factory.buildProtocol(None)
+        transport = TLSStringTransport()
+        late.makeConnection(transport)
+        self.assertEqual(transport.value().decode(), SHUTTING_DOWN + "\r\n")
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.factory.connections.total, 0)
+
+    def test_no_session(self):
+        self.lose()
+        self.successResultOf(self.factory.drain(30))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class EndToEndDrainTests(TestCase):
+    def setUp(self):
+        self.stack = Stack(reactor, self.mktemp())
+        self.addCleanup(self.stack.close)
+
+    @defer.inlineCallbacks
+    def test_delivery_finishes_idle_session_is_closed(self):
+        upstream = self.stack.upstream
+        sender = yield self.stack.session()
+        idle = yield self.stack.session()
+        reached = upstream.stall(END_OF_DATA)
+        yield sender.command(b"MAIL FROM:<alice@example.com>", expect=250)
+        yield sender.command(b"RCPT TO:<bob@example.net>", expect=250)
+        yield sender.command(b"DATA", expect=354)
+        sender.send(data_block(MESSAGE))
+        yield reached
+        drained = self.stack.factory.drain(30)
+        (told,) = yield idle.replies(1)
+        self.assertEqual(str(told), SHUTTING_DOWN)
+        yield idle.wait_closed()
+        self.assertNoResult(drained)
+        upstream.release()
+        outcome, last = yield sender.replies(2)
+        self.assertEqual((outcome.code, str(last)), (250, SHUTTING_DOWN))
+        yield sender.wait_closed()
+        yield drained
+        self.assertEqual(len(upstream.messages), 1)
+
+
+class _Listener(Service):
+    """Stands for a listening port whose stop takes a while."""
+
+    def __init__(self):
+        self.stopped = defer.Deferred()
+
+    def stopService(self):
+        super().stopService()
+        return self.stopped
+
+
+class _Factory:
+    def __init__(self):
+        self.calls = []
+        self.drained = defer.Deferred()
+
+    def drain(self, timeout):
+        self.calls.append(("drain", timeout))
+        return self.drained
+
+    def close(self):
+        self.calls.append(("close",))
+        return defer.succeed(None)
+
+
+class ServiceTests(SynchronousTestCase):
+    def test_stop_listening_then_drain_then_close(self):
+        factory = _Factory()
+        service = tap.ProxyService(factory, None, None, reactor, 7.5)
+        listener = _Listener()
+        listener.setServiceParent(service)
+        stopped = service.stopService()
+        self.assertEqual(factory.calls, [])
+        listener.stopped.callback(None)
+        self.assertEqual(factory.calls, [("drain", 7.5)])
+        self.assertNoResult(stopped)
+        factory.drained.callback(None)
+        self.assertEqual(factory.calls, [("drain", 7.5), ("close",)])
+        self.successResultOf(stopped)
+
+
+class _Twistd(ProcessProtocol):
+    """A twistd child: its log (stderr) as it comes, and its end (ProcessDone or ProcessTerminated)."""
+
+    def __init__(self):
+        self.log = ""
+        self.ended = defer.Deferred()
+        self._waiting = []
+
+    def errReceived(self, data):
+        self.log += data.decode("utf-8", "replace")
+        for text, waiter in list(self._waiting):
+            if text in self.log:
+                self._waiting.remove((text, waiter))
+                waiter.callback(None)
+
+    def logged(self, text):
+        """A Deferred that fires once C{text} is in the log."""
+        if text in self.log:
+            return defer.succeed(None)
+        waiter = defer.Deferred()
+        self._waiting.append((text, waiter))
+        return waiter
+
+    def processEnded(self, reason):
+        waiting, self._waiting = self._waiting, []
+        for text, waiter in waiting:
+            waiter.errback(AssertionError(f"twistd ended before logging {text!r}:\n{self.log}"))
+        self.ended.callback(reason.value)
+
+
+def _free_port():
+    """A loopback port nobody listens on right now (the child binds it a moment later)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class TwistdTests(TestCase):
+    """
+    The real thing: C{twistd -n smtpproxy} from this checkout as a child
+    process, sent SIGHUP and SIGTERM.
+    """
+
+    def setUp(self):
+        self.directory = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(self.directory, "old"))
+        os.makedirs(os.path.join(self.directory, "new"))
+        self.certs = make_certificates(os.path.join(self.directory, "old"))
+        self.api = start_api(reactor, allow)
+        self.addCleanup(self.api.close)
+        self.upstream = start_upstream(reactor)
+        self.addCleanup(self.upstream.close)
+
+    def start(self):
+        """Start twistd; a Deferred firing with its L{_Twistd} once it runs."""
+        self.port = _free_port()
+        twistd = _Twistd()
+        self.process = reactor.spawnProcess(
+            twistd, sys.executable,
+            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+             "-n", "--pidfile=", "smtpproxy", f"--listen=127.0.0.1:{self.port}",
+             "--tohost=127.0.0.1", f"--toport={self.upstream.port}", f"--api={self.api.url}",
+             f"--tls_cert={self.certs.cert_path}", f"--tls_key={self.certs.key_path}",
+             "--hostname=proxy.test"],
+            env={**os.environ, "PYTHONPATH": ROOT}, path=self.directory,
+        )
+        self.addCleanup(lambda: twistd.ended.called or self.process.signalProcess("KILL"))
+        return twistd.logged("SIGTERM drains").addCallback(lambda _: twistd)
+
+    def send_held(self, client_tls):
+        """Send a message the upstream holds at its final dot; (reply Deferred, held Deferred)."""
+        held = self.upstream.stall(END_OF_DATA)
+        sending = send_mail(reactor, self.port, client_tls, USER, PASSWORD,
+                            "alice@example.com", ["bob@example.net"], MESSAGE)
+        return sending, held
+
+    @defer.inlineCallbacks
+    def test_sighup_reloads_and_sigterm_drains_to_exit_0(self):
+        twistd = yield self.start()
+        new = make_certificates(os.path.join(self.directory, "new"))
+        shutil.copy(new.cert_path, self.certs.cert_path)
+        shutil.copy(new.key_path, self.certs.key_path)
+        self.process.signalProcess("HUP")
+        yield twistd.logged("TLS certificate and key reloaded")
+
+        idle = yield connect(reactor, self.port)
+        yield idle.command(b"EHLO client.example", expect=250)
+        yield idle.starttls(client_options(new))
+        sending, held = self.send_held(client_options(new))
+        yield held
+
+        self.process.signalProcess("TERM")
+        (told,) = yield idle.replies(1)
+        self.assertEqual(str(told), SHUTTING_DOWN)
+        yield self.assertFailure(connect(reactor, self.port), ConnectionRefusedError)
+        self.upstream.release()
+        reply = yield sending
+        self.assertEqual(reply.code, 250)
+        ended = yield twistd.ended
+        self.assertIsInstance(ended, ProcessDone, twistd.log)
+        self.assertEqual(len(self.upstream.messages), 1)
+
+    @defer.inlineCallbacks
+    def test_second_sigterm_exits_at_once(self):
+        twistd = yield self.start()
+        sending, held = self.send_held(client_options(self.certs))
+        yield held
+        self.process.signalProcess("TERM")
+        yield twistd.logged("draining")
+        self.process.signalProcess("TERM")
+        ended = yield twistd.ended
+        self.assertIsInstance(ended, ProcessTerminated, twistd.log)
+        self.assertEqual(ended.signal, signal.SIGTERM)
+        yield self.assertFailure(sending, ConnectionLost)  # no reply, no TLS close: killed
