@@ -30,12 +30,14 @@ class ConnectionTable:
 
     @param limits: the L{smtpproxy.config.Limits}.
     @param clock: an C{IReactorTime}, for the log summary only.
+    @param metrics: the L{smtpproxy.metrics.Metrics} that count refusals.
     """
 
-    def __init__(self, limits, clock):
+    def __init__(self, limits, clock, metrics):
         self._max = limits.max_connections
         self._max_per_address = limits.max_connections_per_ip
         self._clock = clock
+        self._metrics = metrics
         self._per_address = Counter()
         self.total = 0
         self._refused = Counter()
@@ -54,9 +56,9 @@ class ConnectionTable:
             the L{smtpproxy.replies.Reply} to send before closing it.
         """
         if self.total >= self._max:
-            return self._refuse(address, f"max_connections={self._max}")
+            return self._refuse(address, "max_connections", self._max)
         if self._per_address[address] >= self._max_per_address:
-            return self._refuse(address, f"max_connections_per_ip={self._max_per_address}")
+            return self._refuse(address, "max_connections_per_ip", self._max_per_address)
         self.total += 1
         self._per_address[address] += 1
         return None
@@ -68,8 +70,9 @@ class ConnectionTable:
         if not self._per_address[address]:
             del self._per_address[address]
 
-    def _refuse(self, address, limit):
-        self._refused[limit] += 1
+    def _refuse(self, address, name, limit):
+        self._metrics.connections_refused.labels(name).inc()
+        self._refused[f"{name}={limit}"] += 1
         now = self._clock.seconds()
         if now >= self._next_report:
             log.warn(

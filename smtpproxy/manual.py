@@ -79,5 +79,6 @@ def _options(options):
     for name, _, doc in options.optFlags:
         yield name, doc
     yield "listen=ADDR", options.opt_listen.__doc__
+    yield "listen_tls=ADDR", options.opt_listen_tls.__doc__
     yield "version", options.opt_version.__doc__
     yield "man", options.opt_man.__doc__

@@ -16,6 +16,7 @@ from twisted.mail import smtp
 
 from smtpproxy import replies, upstream
 from smtpproxy.connections import ConnectionTable
+from smtpproxy.metrics import Metrics
 from smtpproxy.policy import PolicyClient
 from smtpproxy.session import ProxySession
 from smtpproxy.transaction import Transaction
@@ -35,7 +36,8 @@ class ProxyFactory(smtp.SMTPFactory):
         self.config = config
         self.reactor = reactor
         self.policy = policy
-        self.connections = ConnectionTable(config.limits, reactor)
+        self.metrics = Metrics()
+        self.connections = ConnectionTable(config.limits, reactor, self.metrics)
         self.draining = False
         self._numbers = itertools.count(1)
         self._sessions = set()
@@ -52,11 +54,14 @@ class ProxyFactory(smtp.SMTPFactory):
         L{smtpproxy.replies.Reply} to refuse it with (a connection limit,
         or the proxy is draining).
         """
+        self.metrics.connections_total.inc()
         if self.draining:
+            self.metrics.connections_refused.labels("draining").inc()
             return replies.SHUTTING_DOWN
         refusal = self.connections.admit(session.client)
         if refusal is None:
             self._sessions.add(session)
+            self.metrics.connections.inc()
         return refusal
 
     def disconnected(self, session):
@@ -64,6 +69,7 @@ class ProxyFactory(smtp.SMTPFactory):
         if session in self._sessions:
             self._sessions.remove(session)
             self.connections.release(session.client)
+            self.metrics.connections.dec()
             if self._drained is not None and not self._sessions:
                 self._drained.callback(None)
 
@@ -107,10 +113,16 @@ class ProxyFactory(smtp.SMTPFactory):
 
     def deliver(self, sender, recipients, data):
         """Relay one allowed message upstream: a Deferred firing with a Reply."""
-        return upstream.deliver(
+        started = self.reactor.seconds()
+        delivered = upstream.deliver(
             self.reactor, self.config.upstream, self.config.hostname,
             sender, recipients, data,
         )
+        return delivered.addCallback(self._timed, started)
+
+    def _timed(self, reply, started):
+        self.metrics.upstream_latency.observe(self.reactor.seconds() - started)
+        return reply
 
     def close(self):
         """Release shared resources (the API's connection pool): a Deferred."""

@@ -25,7 +25,7 @@ outcome of a message is pending no timer runs at all.  A client that does
 not read its last reply (421, 221) within C{idle_timeout} is cut off.
 """
 
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer, ISSLTransport
 from twisted.logger import Logger
 from twisted.mail import smtp
 from zope.interface import implementer
@@ -39,7 +39,7 @@ log = Logger(namespace="smtpproxy.smtp")
 NEEDS_TLS = frozenset({"AUTH", "MAIL", "RCPT", "DATA"})
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, IHandshakeListener)
 class ProxySession(smtp.ESMTP):
     """
     One client connection.
@@ -64,6 +64,7 @@ class ProxySession(smtp.ESMTP):
         self.client = None
         self._held = False
         self._blocked = False
+        self._handshaking = False
         self._producing = False
         self._closing = False
         self._login = None
@@ -157,11 +158,19 @@ class ProxySession(smtp.ESMTP):
             self._log_input(line)
 
     def _reading(self):
-        """Read the socket only while input can be used."""
-        if self._held or self._blocked:
+        """
+        Read the socket only while input can be used, and always during a
+        TLS handshake: replies written before it completes wait in the TLS
+        layer, which pauses us, and not reading would stall the handshake.
+        """
+        if (self._held or self._blocked) and not self._handshaking:
             self.transport.pauseProducing()
         else:
             self.transport.resumeProducing()
+
+    def handshakeCompleted(self):
+        self._handshaking = False
+        self._reading()
 
     # Output flow control (IPushProducer): the transport calls these.
 
@@ -210,6 +219,7 @@ class ProxySession(smtp.ESMTP):
             self._framer.discard()
             self._helo = (None, self._helo[1])
             self._login = self._transaction = None
+            self._handshaking = True
             self.transport.startTLS(self.ctx)
             self.startedTLS = True
 
@@ -353,6 +363,7 @@ class ProxySession(smtp.ESMTP):
             return
         self.transport.registerProducer(self, True)
         self._producing = True
+        self.startedTLS = self._handshaking = ISSLTransport.providedBy(self.transport)
         super().connectionMade()
 
     def shut_down(self):

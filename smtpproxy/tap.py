@@ -17,7 +17,9 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IProcess, MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import ILogObserver, Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
+from twisted.web.server import Site
 
 from smtpproxy import manual
 from smtpproxy._version import __version__
@@ -27,6 +29,7 @@ from smtpproxy.server import build_factory
 from smtpproxy.tls import ReloadableContext, TLSFilesError, load_trust_root
 
 _IPV4_PORT = re.compile(r"^((?:\d{1,3}\.){3}\d{1,3})?:(\d+)$")
+_LISTEN_TLS = re.compile(r"^--listen_tls(?==|$)")
 _IPV6_PORT = re.compile(r"^\[([0-9A-Fa-f:.]+)\]:(\d+)$")
 
 _defaults = Limits()
@@ -141,15 +144,29 @@ class Options(usage.Options):
         ["logpath", None, None, "Main log file [default: stderr]."],
         ["loglevel", None, "info", "debug, info, warn, error or fatal."],
         ["smtplog", None, None, "File for a transcript of every command and reply."],
+        ["metrics", None, None, "Serve Prometheus metrics at /metrics on this address [default: off]."],
     ]
 
     def __init__(self):
         super().__init__()
         self["listen"] = []
+        self["listen_tls"] = []
 
     def opt_listen(self, value):
         """Address to listen on: ip:port, [v6]:port or an endpoint string (repeatable)."""
         self["listen"].append(value)
+
+    def parseOptions(self, options=None):
+        """
+        Accept C{--listen_tls}, the spelling of every other option, too:
+        usage.Options names an C{opt_} method's option C{--listen-tls}.
+        """
+        arguments = sys.argv[1:] if options is None else options
+        super().parseOptions([_LISTEN_TLS.sub("--listen-tls", a) for a in arguments])
+
+    def opt_listen_tls(self, value):
+        """Address for implicit-TLS submission, port 465 style (RFC 8314; repeatable)."""
+        self["listen_tls"].append(value)
 
     def opt_version(self):
         """Print the version and exit."""
@@ -167,8 +184,8 @@ class Options(usage.Options):
             for name in ("tohost", "toport", "tls_cert", "tls_key", "api")
             if self[name] is None
         ]
-        if not self["listen"]:
-            missing.insert(0, "--listen")
+        if not (self["listen"] or self["listen_tls"]):
+            missing.insert(0, "--listen or --listen_tls")
         if missing:
             fail("missing mandatory option " + ", ".join(missing) + " (see --help)")
         if self["loglevel"] not in LEVELS:
@@ -309,10 +326,23 @@ def makeService(options, reactor=None):
     service = ProxyService(
         factory, observer, options.get("passwd"), reactor, options["drain_timeout"]
     )
-    for listen in options["listen"]:
+    listeners = [("listen", address, factory) for address in options["listen"]]
+    implicit = TLSMemoryBIOFactory(factory.config.tls, False, factory)
+    listeners += [("listen_tls", address, implicit) for address in options["listen_tls"]]
+    if options["metrics"] is not None:
+        listeners.append(("metrics", options["metrics"], _quiet_site(factory.metrics.resource())))
+    for option, address, served in listeners:
         try:
-            endpoint = serverFromString(reactor, endpoint_description(listen))
+            endpoint = serverFromString(reactor, endpoint_description(address))
         except (ValueError, KeyError, IndexError) as e:
-            fail(f"--listen={listen}: not a usable address or endpoint ({e!r})")
-        StreamServerEndpointService(endpoint, factory).setServiceParent(service)
+            fail(f"--{option}={address}: not a usable address or endpoint ({e!r})")
+        StreamServerEndpointService(endpoint, served).setServiceParent(service)
     return service
+
+
+def _quiet_site(resource):
+    """A web site without access log: a metrics scrape every few seconds is noise."""
+    site = Site(resource)
+    site.noisy = False
+    site.log = lambda request: None
+    return site

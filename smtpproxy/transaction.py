@@ -22,6 +22,7 @@ from zope.interface import implementer
 from smtpproxy import replies
 from smtpproxy.answer import build_request
 from smtpproxy.headers import HeaderReader, HeaderTooLarge
+from smtpproxy.metrics import outcome
 
 log = Logger(namespace="smtpproxy.message")
 
@@ -140,6 +141,7 @@ class Message:
 
     def _decided(self, decision):
         self._api_time = self._clock.seconds() - self._asked
+        self.transaction.services.metrics.api_latency.observe(self._api_time)
         if not decision.allowed:
             unavailable = decision.reply == replies.POLICY_UNAVAILABLE
             self._outcome = "unavailable" if unavailable else "deny"
@@ -158,11 +160,15 @@ class Message:
     def _finished(self, reply):
         self._spool.close()
         t = self.transaction
+        result = outcome(reply, policy_denied=self._outcome == "deny")
+        t.services.metrics.messages.labels(result).inc()
+        t.services.metrics.message_size.observe(self.size)
         api = "-" if self._api_time is None else f"{self._api_time * 1000:.0f}ms"
         log.info(
-            "message client={client} user={user!r} from=<{sender}> rcpts={count} "
+            "message {result} client={client} user={user!r} from=<{sender}> rcpts={count} "
             "size={size} policy={outcome} api={api} reply={code} {text} "
             "time={time:.0f}ms",
+            result=result,
             client=t.client.host,
             user=t.login.username,
             sender=t.sender,

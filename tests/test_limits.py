@@ -16,6 +16,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from smtpproxy import Limits, replies
+from smtpproxy.metrics import Metrics
 from smtpproxy.connections import REPORT_INTERVAL, ConnectionTable
 from tests.support.client import ScriptedClient
 from tests.support.stack import Stack
@@ -28,7 +29,7 @@ TIMEOUT = "421 4.4.2 Timeout, closing connection"
 class ConnectionTableTests(SynchronousTestCase):
     def setUp(self):
         self.clock = Clock()
-        self.table = ConnectionTable(Limits(max_connections=3, max_connections_per_ip=2), self.clock)
+        self.table = ConnectionTable(Limits(max_connections=3, max_connections_per_ip=2), self.clock, Metrics())
 
     def test_per_address_and_total(self):
         self.assertIsNone(self.table.admit("192.0.2.1"))

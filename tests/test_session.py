@@ -94,6 +94,7 @@ class SessionTestCase(SynchronousTestCase):
 
     def tls(self):
         self.send(b"EHLO client.test\r\nSTARTTLS\r\n")
+        self.session.handshakeCompleted()
         self.send(b"EHLO client.test\r\n")
 
     def login(self):

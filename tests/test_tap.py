@@ -9,6 +9,8 @@ import sys
 from twisted.application.service import Application, IProcess
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import ILogObserver
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.web.server import Site
 from twisted.trial.unittest import SynchronousTestCase
 
 from smtpproxy import tap
@@ -76,7 +78,7 @@ class OptionsTests(SynchronousTestCase):
 
     def test_missing_mandatory(self):
         line, code = self.failure(self.arguments(api=None, listen=None))
-        self.assertEqual(line, "smtpproxy: missing mandatory option --listen, --api (see --help)\n")
+        self.assertEqual(line, "smtpproxy: missing mandatory option --listen or --listen_tls, --api (see --help)\n")
         self.assertEqual(code, 2)
 
     def test_unreadable_key(self):
@@ -205,6 +207,22 @@ class OptionsTests(SynchronousTestCase):
         service.setServiceParent(application)
         self.assertIsInstance(application.getComponent(ILogObserver), tap.LogRouter)
         self.assertEqual(IProcess(application).uid, 65534)
+
+    def test_listeners(self):
+        """Plain, implicit-TLS and metrics listeners, each on its endpoint."""
+        reactor = MemoryReactorClock()
+        options = self.parse(self.arguments(listen_tls="127.0.0.1:465", metrics="tcp:9100"))
+        service = tap.makeService(options, reactor=reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        ports = [(port, factory) for port, factory, _, _ in reactor.tcpServers]
+        self.assertEqual([port for port, _ in ports], [0, 465, 9100])
+        self.assertIsInstance(ports[1][1], TLSMemoryBIOFactory)
+        self.assertIsInstance(ports[2][1], Site)
+
+    def test_implicit_tls_alone(self):
+        options = self.parse(self.arguments(listen=None, listen_tls="127.0.0.1:465"))
+        self.assertEqual(options["listen_tls"], ["127.0.0.1:465"])
 
     def test_bad_endpoint(self):
         options = self.parse(self.arguments(listen="bogus:thing"))

@@ -1,0 +1,84 @@
+"""
+End to end over loopback for the operator's extras: implicit-TLS
+submission (RFC 8314) and the Prometheus metrics page.
+"""
+
+import base64
+
+import treq
+from twisted.internet import defer, reactor
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.trial.unittest import TestCase
+from twisted.web.client import HTTPConnectionPool
+
+from tests.support.client import connect, data_block
+from tests.support.loopback import listen_loopback
+from tests.support.stack import Stack
+from tests.test_end_to_end import MESSAGE
+from smtpproxy.tap import _quiet_site
+
+
+class OperationsTestCase(TestCase):
+    def setUp(self):
+        self.stack = Stack(reactor, self.mktemp())
+        self.addCleanup(self.stack.close)
+
+
+class ImplicitTLSTests(OperationsTestCase):
+    @defer.inlineCallbacks
+    def test_submission_over_implicit_tls(self):
+        """TLS from the first byte: no STARTTLS offered, AUTH offered, mail delivered."""
+        implicit = TLSMemoryBIOFactory(self.stack.config.tls, False, self.stack.factory)
+        server = listen_loopback(reactor, implicit)
+        self.addCleanup(server.close)
+        client = yield connect(reactor, server.port, tls=self.stack.client_tls)
+        ehlo = yield client.command(b"EHLO client.example", expect=250)
+        self.assertIn("AUTH PLAIN LOGIN", ehlo.lines)
+        self.assertNotIn("STARTTLS", ehlo.lines)
+        yield client.command(b"STARTTLS", expect=503)
+        yield client.command(b"AUTH PLAIN " + base64.b64encode(b"\0alice\0s3cret"), expect=235)
+        yield client.command(b"MAIL FROM:<alice@example.com>", expect=250)
+        yield client.command(b"RCPT TO:<bob@example.net>", expect=250)
+        yield client.command(b"DATA", expect=354)
+        client.send(data_block(MESSAGE))
+        (reply,) = yield client.replies(1)
+        yield client.close()
+        self.assertEqual(reply.code, 250)
+        self.assertEqual(len(self.stack.upstream.messages), 1)
+
+
+class MetricsTests(OperationsTestCase):
+    @defer.inlineCallbacks
+    def scrape(self):
+        server = listen_loopback(reactor, _quiet_site(self.stack.factory.metrics.resource()))
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        self.addCleanup(server.close)
+        response = yield treq.get(f"http://127.0.0.1:{server.port}/metrics", pool=pool)
+        self.assertEqual(response.code, 200)
+        self.assertTrue(response.headers.getRawHeaders("content-type")[0].startswith("text/plain"))
+        body = yield response.text()
+        yield server.close()
+        return body
+
+    @defer.inlineCallbacks
+    def test_counts_messages_and_connections(self):
+        yield self.stack.send(MESSAGE)
+        self.stack.api.answer = lambda request: {"allow": False, "reason": "no"}
+        yield self.stack.send(MESSAGE)
+        body = yield self.scrape()
+        self.assertIn('smtpproxy_messages_total{outcome="delivered"} 1.0', body)
+        self.assertIn('smtpproxy_messages_total{outcome="denied"} 1.0', body)
+        self.assertIn('smtpproxy_messages_total{outcome="temp_failed"} 0.0', body)
+        self.assertIn("smtpproxy_connections_total 2.0", body)
+        self.assertIn("smtpproxy_api_latency_seconds_count 2.0", body)
+        self.assertIn("smtpproxy_upstream_latency_seconds_count 1.0", body)
+        self.assertIn("smtpproxy_message_size_bytes_count 2.0", body)
+
+    @defer.inlineCallbacks
+    def test_unknown_path(self):
+        server = listen_loopback(reactor, _quiet_site(self.stack.factory.metrics.resource()))
+        self.addCleanup(server.close)
+        response = yield treq.get(f"http://127.0.0.1:{server.port}/other",
+                                  pool=HTTPConnectionPool(reactor, persistent=False))
+        yield response.content()
+        self.assertEqual(response.code, 404)
