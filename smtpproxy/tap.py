@@ -15,13 +15,12 @@ import sys
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IProcess, MultiService
-from twisted.internet.endpoints import serverFromString
 from twisted.logger import ILogObserver, Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from twisted.web.server import Site
 
-from smtpproxy import manual
+from smtpproxy import haproxy, manual
 from smtpproxy._version import __version__
 from smtpproxy.config import UPSTREAM_TLS, Limits, Policy, ProxyConfig, Upstream
 from smtpproxy.logs import LEVELS, LogRouter
@@ -333,7 +332,7 @@ def makeService(options, reactor=None):
         listeners.append(("metrics", options["metrics"], _quiet_site(factory.metrics.resource())))
     for option, address, served in listeners:
         try:
-            endpoint = serverFromString(reactor, endpoint_description(address))
+            endpoint, served = haproxy.server(reactor, endpoint_description(address), served)
         except (ValueError, KeyError, IndexError) as e:
             fail(f"--{option}={address}: not a usable address or endpoint ({e!r})")
         StreamServerEndpointService(endpoint, served).setServiceParent(service)

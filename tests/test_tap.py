@@ -14,6 +14,7 @@ from twisted.web.server import Site
 from twisted.trial.unittest import SynchronousTestCase
 
 from smtpproxy import tap
+from smtpproxy.haproxy import _HeaderFirstFactory
 from smtpproxy.tls import ReloadableContext
 from tests.support.certs import make_certificates
 
@@ -219,6 +220,17 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual([port for port, _ in ports], [0, 465, 9100])
         self.assertIsInstance(ports[1][1], TLSMemoryBIOFactory)
         self.assertIsInstance(ports[2][1], Site)
+
+    def test_haproxy_listener(self):
+        """A haproxy: endpoint greets only after the PROXY header (smtpproxy.haproxy)."""
+        reactor = MemoryReactorClock()
+        options = self.parse(self.arguments(listen="haproxy:tcp:2525:interface=127.0.0.1"))
+        service = tap.makeService(options, reactor=reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        (port, factory, _, interface), = reactor.tcpServers
+        self.assertEqual((port, interface), (2525, "127.0.0.1"))
+        self.assertIsInstance(factory, _HeaderFirstFactory)
 
     def test_implicit_tls_alone(self):
         options = self.parse(self.arguments(listen=None, listen_tls="127.0.0.1:465"))

@@ -1,0 +1,68 @@
+"""
+The PROXY protocol behind a load balancer: the real client address reaches
+the connection limits, the logs and the policy API's C{client_address}.
+"""
+
+from twisted.internet import defer, reactor
+from twisted.trial.unittest import TestCase
+
+from smtpproxy import Limits
+from smtpproxy.haproxy import _HeaderFirstFactory
+from tests.support.client import connect, data_block
+from tests.support.loopback import listen_loopback
+from tests.support.stack import Stack
+from tests.test_end_to_end import MESSAGE
+
+HEADER = b"PROXY TCP4 %s 127.0.0.1 40000 587\r\n"
+
+
+class ProxyProtocolTests(TestCase):
+    def setUp(self):
+        self.stack = Stack(reactor, self.mktemp(), Limits(max_connections_per_ip=1))
+        self.addCleanup(self.stack.close)
+        self.server = listen_loopback(reactor, _HeaderFirstFactory(self.stack.factory))
+        self.addCleanup(self.server.close)
+
+    @defer.inlineCallbacks
+    def connect(self, address):
+        """A client behind the balancer at C{address}; fires with it after the greeting."""
+        client = yield connect(reactor, self.server.port, wait_for_greeting=False)
+        client.send(HEADER % address)
+        (client.greeting,) = yield client.replies(1)
+        return client
+
+    @defer.inlineCallbacks
+    def test_client_address_reaches_the_api(self):
+        """STARTTLS and AUTH work through the wrapper; the API sees the real client."""
+        client = yield self.connect(b"192.0.2.7")
+        self.assertEqual(client.greeting.code, 220)
+        yield client.command(b"EHLO client.example", expect=250)
+        yield client.starttls(self.stack.client_tls)
+        yield client.command(b"EHLO client.example", expect=250)
+        yield client.command(b"AUTH PLAIN AGFsaWNlAHMzY3JldA==", expect=235)
+        yield client.command(b"MAIL FROM:<alice@example.com>", expect=250)
+        yield client.command(b"RCPT TO:<bob@example.net>", expect=250)
+        yield client.command(b"DATA", expect=354)
+        client.send(data_block(MESSAGE))
+        (reply,) = yield client.replies(1)
+        yield client.close()
+        self.assertEqual(reply.code, 250)
+        self.assertEqual(self.stack.api.requests[0].json["client_address"], "192.0.2.7")
+
+    @defer.inlineCallbacks
+    def test_limit_counts_real_clients(self):
+        """With one connection per address: two clients pass, the same one twice does not."""
+        first = yield self.connect(b"192.0.2.7")
+        second = yield self.connect(b"192.0.2.8")
+        again = yield self.connect(b"192.0.2.7")
+        self.assertEqual([c.greeting.code for c in (first, second, again)], [220, 220, 421])
+        yield defer.gatherResults([c.close() for c in (first, second, again)])
+
+    @defer.inlineCallbacks
+    def test_nothing_before_the_header(self):
+        """No greeting until the header names the client; a bad header closes."""
+        client = yield connect(reactor, self.server.port, wait_for_greeting=False)
+        client.send(b"EHLO not-a-proxy-header\r\n")
+        yield client.wait_closed()
+        self.assertEqual(client.received, b"")
+        self.assertEqual(self.stack.factory.metrics.connections_total._value.get(), 0)
