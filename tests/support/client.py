@@ -205,6 +205,26 @@ def data_block(message):
 
 
 @defer.inlineCallbacks
+def start_data(client, sender, recipient):
+    """
+    MAIL, RCPT and DATA pipelined on a logged-in L{ScriptedClient}, as clients do; fires
+    once the 354 is in, or fails with L{UnexpectedReply} naming the step answered otherwise.
+    """
+    client.send(b"MAIL FROM:<" + sender + b">\r\nRCPT TO:<" + recipient + b">\r\nDATA\r\n")
+    for step, code, reply in zip(("MAIL", "RCPT", "DATA"), (250, 250, 354), (yield client.replies(3))):
+        _require(reply, step, code)
+
+
+@defer.inlineCallbacks
+def submit(client, sender, recipient, message):
+    """Send one message on a logged-in L{ScriptedClient}; fires with the reply to its final dot."""
+    yield start_data(client, sender, recipient)
+    client.send(data_block(message))
+    (final,) = yield client.replies(1)
+    return final
+
+
+@defer.inlineCallbacks
 def send_mail(
     reactor, port, client_context, username, password, sender, recipients, message,
     *, helo="client.example",

@@ -57,13 +57,18 @@ class Stack:
                          sender, list(recipients), message)
 
     @defer.inlineCallbacks
-    def session(self):
-        """A L{ScriptedClient} that has done EHLO, STARTTLS, EHLO and AUTH."""
-        client = yield connect(self.reactor, self.port)
+    def session(self, port=None, login=True):
+        """
+        A L{ScriptedClient} that has done EHLO, STARTTLS, EHLO and (with C{login}) AUTH;
+        connected to C{port} when given (another listener of this proxy, with its input cut
+        or its transcript on), else to the proxy's own.
+        """
+        client = yield connect(self.reactor, port or self.port)
         yield client.command(b"EHLO client.example", expect=250)
         yield client.starttls(self.client_tls)
         yield client.command(b"EHLO client.example", expect=250)
-        yield client.command(b"AUTH PLAIN AGFsaWNlAHMzY3JldA==", expect=235)
+        if login:
+            yield client.command(b"AUTH PLAIN AGFsaWNlAHMzY3JldA==", expect=235)
         return client
 
     def close(self):
