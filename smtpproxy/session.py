@@ -25,6 +25,8 @@ outcome of a message is pending no timer runs at all.  A client that does
 not read its last reply (421, 221) within C{idle_timeout} is cut off.
 """
 
+import re
+
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer, ISSLTransport
 from twisted.logger import Logger
 from twisted.mail import smtp
@@ -35,6 +37,8 @@ from smtpproxy.commands import CommandError, parse_command, parse_mail, parse_rc
 from smtpproxy.framing import TOO_LONG, Framer
 
 log = Logger(namespace="smtpproxy.smtp")
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 NEEDS_TLS = frozenset({"AUTH", "MAIL", "RCPT", "DATA"})
 
@@ -82,7 +86,7 @@ class ProxySession(smtp.ESMTP):
 
     def sendLine(self, line):
         if self._transcript:
-            log.info("{id} > {line}", id=self.number, line=_text(line))
+            log.info("{id} > {line}", id=self.number, line=_loggable(line))
         super().sendLine(line)
 
     def extensions(self):
@@ -130,7 +134,7 @@ class ProxySession(smtp.ESMTP):
 
     def _log_input(self, line):
         if self._transcript:
-            log.info("{id} < {line}", id=self.number, line=_text(line))
+            log.info("{id} < {line}", id=self.number, line=_loggable(line))
 
     def _command(self, line):
         command = parse_command(line)
@@ -413,6 +417,15 @@ class ProxySession(smtp.ESMTP):
 def _host(address):
     """The host part of a peer address; a UNIX socket's peers share one key."""
     return getattr(address, "host", str(address))
+
+
+def _loggable(data):
+    """
+    A line for the transcript: control characters from the client (a bare
+    CR that makes a terminal overwrite the line, an escape sequence) are
+    shown as escapes, so no client can forge or hide transcript lines.
+    """
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", _text(data))
 
 
 def _text(data):

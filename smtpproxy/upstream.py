@@ -14,6 +14,7 @@ never containing CRLF.CRLF), so it is sent byte for byte.
 from OpenSSL import SSL
 from service_identity import VerificationError
 from twisted.internet import defer
+from twisted.internet.interfaces import ITCPTransport
 from twisted.logger import Logger, LogLevel
 from twisted.mail import smtp
 from twisted.python.failure import Failure
@@ -38,6 +39,16 @@ class RelaySender(smtp.ESMTPSender):
     """
 
     _outcome = None
+
+    def connectionMade(self):
+        """
+        Turn Nagle's algorithm off: the final dot follows the last data
+        chunk as a small separate write, and with Nagle on it waits for the
+        upstream's delayed ACK, about 40 ms per message.
+        """
+        if ITCPTransport.providedBy(self.transport):
+            self.transport.setTcpNoDelay(True)
+        super().connectionMade()
 
     def callLater(self, period, func):
         """

@@ -10,6 +10,7 @@ from io import BytesIO
 
 import attrs
 from twisted.internet import defer, error, reactor
+from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.mail import smtp
@@ -24,6 +25,16 @@ from tests.support.upstream import start_upstream
 
 UPSTREAM = Upstream(host="upstream.example", port=25, timeout=60, connect_timeout=15)
 CHUNK = 16384  # twisted.protocols.basic.FileSender.CHUNK_SIZE
+
+
+@implementer(ITCPTransport)
+class _TCPStringTransport(StringTransport):
+    """Records C{setTcpNoDelay}, as a TCP transport offers it."""
+
+    noDelay = False
+
+    def setTcpNoDelay(self, enabled):
+        self.noDelay = enabled
 
 
 class Conversation:
@@ -49,7 +60,7 @@ class Conversation:
 
     def connect(self):
         self.protocol = self.factory.buildProtocol(None)
-        self.transport = StringTransport()
+        self.transport = _TCPStringTransport()
         self.protocol.makeConnection(self.transport)
 
     def reply(self, *lines):
@@ -118,6 +129,12 @@ class InMemoryTests(unittest.TestCase):
         host, port, factory, timeout, _ = c.reactor.tcpClients[0]
         self.assertEqual((host, port, timeout), ("upstream.example", 25, 15))
         self.assertEqual((factory.timeout, factory.noisy), (60, False))
+
+    def test_no_nagle(self):
+        """The final dot must not wait for the upstream's delayed ACK (about 40 ms)."""
+        c = Conversation()
+        c.connect()
+        self.assertTrue(c.transport.noDelay)
 
     def test_success(self):
         """The data goes byte for byte, then C{.}; the queue id is relayed after the close."""
