@@ -28,6 +28,9 @@ from smtpproxy.server import build_factory
 from smtpproxy.tls import ReloadableContext, TLSFilesError, load_trust_root
 
 _IPV4_PORT = re.compile(r"^((?:\d{1,3}\.){3}\d{1,3})?:(\d+)$")
+BACKLOG = 511
+"""Pending connections the kernel may queue per listener (nginx's default)."""
+
 _LISTEN_TLS = re.compile(r"^--listen_tls(?==|$)")
 _IPV6_PORT = re.compile(r"^\[([0-9A-Fa-f:.]+)\]:(\d+)$")
 
@@ -41,15 +44,19 @@ def endpoint_description(listen):
     A Twisted endpoint string for a C{--listen} value.
 
     The original's C{ip:port} and C{[v6]:port} forms (and C{:port} for every
-    address) are translated; anything else is taken as an endpoint string
-    (C{tcp:587}, C{haproxy:tcp:587}, C{systemd:domain=INET:index=0}...).
+    address) are translated, with a listen backlog of L{BACKLOG} instead of
+    Twisted's 50, which drops connections in a burst well below
+    C{--max_connections}; anything else is taken as an endpoint string
+    (C{tcp:587:backlog=1024}, C{haproxy:tcp:587},
+    C{systemd:domain=INET:index=0}...).
     """
     if m := _IPV4_PORT.match(listen):
         host, port = m.groups()
-        return f"tcp:{port}:interface={host}" if host else f"tcp:{port}"
+        interface = f":interface={host}" if host else ""
+        return f"tcp:{port}{interface}:backlog={BACKLOG}"
     if m := _IPV6_PORT.match(listen):
         host, port = m.groups()
-        return f"tcp6:{port}:interface=" + host.replace(":", r"\:")
+        return f"tcp6:{port}:interface=" + host.replace(":", r"\:") + f":backlog={BACKLOG}"
     return listen
 
 
