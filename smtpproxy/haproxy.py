@@ -21,12 +21,17 @@ PREFIX = "haproxy:"
 
 
 class _HeaderFirst(HAProxyProtocolWrapper):
-    """Connect the wrapped protocol when the PROXY header has been read."""
+    """
+    Connect the wrapped protocol when the PROXY header has been read.  A
+    connection that sends none within the factory's C{timeout} is dropped:
+    until then it is not yet a session, so no session timer guards it.
+    """
 
     def makeConnection(self, transport):
         directlyProvides(self, providedBy(transport))
         Protocol.makeConnection(self, transport)
         self.factory.registerProtocol(self)
+        self._waiting = self.factory.clock.callLater(self.factory.timeout, self.abortConnection)
 
     def dataReceived(self, data):
         if self._proxyInfo is not None:
@@ -39,12 +44,15 @@ class _HeaderFirst(HAProxyProtocolWrapper):
         finally:
             self.wrappedProtocol = protocol
         if self._proxyInfo is not None:
+            self._waiting.cancel()
             protocol.makeConnection(self)
             if rest.data:
                 protocol.dataReceived(rest.data)
 
     def connectionLost(self, reason):
         if self._proxyInfo is None:
+            if self._waiting.active():
+                self._waiting.cancel()
             self.factory.unregisterProtocol(self)
         else:
             super().connectionLost(reason)
@@ -60,16 +68,28 @@ class _Rest:
 
 
 class _HeaderFirstFactory(HAProxyWrappingFactory):
+    """
+    @ivar clock: the reactor, for the header timeout.
+    @ivar timeout: seconds a connection may take to send its PROXY header.
+    """
+
     protocol = _HeaderFirst
 
+    def __init__(self, factory, clock, timeout):
+        super().__init__(factory)
+        self.clock = clock
+        self.timeout = timeout
 
-def server(reactor, description, factory):
+
+def server(reactor, description, factory, header_timeout):
     """
     The endpoint for C{description} and the factory to listen with there.
 
     A description starting with C{haproxy:} is served through
-    L{_HeaderFirst}; any other goes to L{serverFromString} unchanged.
+    L{_HeaderFirst}, which waits up to C{header_timeout} seconds for the
+    header; any other goes to L{serverFromString} unchanged.
     """
     if description.startswith(PREFIX):
-        return serverFromString(reactor, description[len(PREFIX):]), _HeaderFirstFactory(factory)
+        endpoint = serverFromString(reactor, description[len(PREFIX):])
+        return endpoint, _HeaderFirstFactory(factory, reactor, header_timeout)
     return serverFromString(reactor, description), factory

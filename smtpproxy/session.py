@@ -25,6 +25,7 @@ outcome of a message is pending no timer runs at all.  A client that does
 not read its last reply (421, 221) within C{idle_timeout} is cut off.
 """
 
+import ipaddress
 import re
 
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer, ISSLTransport
@@ -273,8 +274,7 @@ class ProxySession(smtp.ESMTP):
                 self.reply(replies.MESSAGE_TOO_BIG)
                 return
             helo = _text(self._helo[0] or b"")
-            client = self.transport.getPeer()
-            self._transaction = self.factory.transaction(self._login, client, helo)
+            self._transaction = self.factory.transaction(self._login, self.client, helo)
             self._transaction.validateFrom(self._helo, mail.address)
             self.reply(replies.SENDER_OK)
 
@@ -415,8 +415,19 @@ class ProxySession(smtp.ESMTP):
 
 
 def _host(address):
-    """The host part of a peer address; a UNIX socket's peers share one key."""
-    return getattr(address, "host", str(address))
+    """
+    The host part of a peer address, as limits, logs and the API see it: an
+    IPv4 client of a dual-stack socket as C{192.0.2.1}, not
+    C{::ffff:192.0.2.1}; a UNIX socket's peers share one key.
+    """
+    host = getattr(address, "host", None)
+    if host is None:
+        return str(address)
+    try:
+        mapped = ipaddress.IPv6Address(host).ipv4_mapped
+    except ValueError:
+        return host
+    return host if mapped is None else str(mapped)
 
 
 def _loggable(data):

@@ -339,7 +339,8 @@ def makeService(options, reactor=None):
         listeners.append(("metrics", options["metrics"], _quiet_site(factory.metrics.resource())))
     for option, address, served in listeners:
         try:
-            endpoint, served = haproxy.server(reactor, endpoint_description(address), served)
+            endpoint, served = haproxy.server(
+                reactor, endpoint_description(address), served, options["pretls_timeout"])
         except (ValueError, KeyError, IndexError) as e:
             fail(f"--{option}={address}: not a usable address or endpoint ({e!r})")
         StreamServerEndpointService(endpoint, served).setServiceParent(service)

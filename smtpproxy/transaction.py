@@ -37,7 +37,7 @@ class Transaction:
 
     @ivar services: the factory: config, clock, policy client, delivery.
     @ivar login: the client's L{smtpproxy.auth.Login}.
-    @ivar client: the client's address (as C{transport.getPeer()} gives it).
+    @ivar client: the client's IP address (or a UNIX socket's name).
     @ivar helo: the client's EHLO/HELO argument.
     """
 
@@ -123,7 +123,7 @@ class Message:
         self._block = block
         t = self.transaction
         request = build_request(
-            t.login, t.sender, t.recipients, block.for_api(), t.client.host, t.helo
+            t.login, t.sender, t.recipients, block.for_api(), t.client, t.helo
         )
         self._asked = self._clock.seconds()
         self._decision = t.services.policy.check(request)
@@ -169,7 +169,7 @@ class Message:
             "size={size} policy={outcome} api={api} reply={code} {text} "
             "time={time:.0f}ms",
             result=result,
-            client=t.client.host,
+            client=t.client,
             user=t.login.username,
             sender=t.sender,
             count=len(t.recipients),

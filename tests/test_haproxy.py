@@ -20,7 +20,7 @@ class ProxyProtocolTests(TestCase):
     def setUp(self):
         self.stack = Stack(reactor, self.mktemp(), Limits(max_connections_per_ip=1))
         self.addCleanup(self.stack.close)
-        self.server = listen_loopback(reactor, _HeaderFirstFactory(self.stack.factory))
+        self.server = listen_loopback(reactor, _HeaderFirstFactory(self.stack.factory, reactor, 30))
         self.addCleanup(self.server.close)
 
     @defer.inlineCallbacks
@@ -66,3 +66,12 @@ class ProxyProtocolTests(TestCase):
         yield client.wait_closed()
         self.assertEqual(client.received, b"")
         self.assertEqual(self.stack.factory.metrics.connections_total._value.get(), 0)
+
+    @defer.inlineCallbacks
+    def test_no_header_times_out(self):
+        """A connection that never sends the header is dropped (it holds no session yet)."""
+        quick = listen_loopback(reactor, _HeaderFirstFactory(self.stack.factory, reactor, 0.05))
+        self.addCleanup(quick.close)
+        client = yield connect(reactor, quick.port, wait_for_greeting=False)
+        yield client.wait_closed()
+        self.assertEqual(client.received, b"")

@@ -439,3 +439,17 @@ class CredentialsTranscriptTests(TranscriptTests):
         others = [formatEvent(e) for e in self.events if e["log_namespace"] != "smtpproxy.smtp"]
         self.assertNotIn("s3cret", "\n".join(others))
         self.assertNotIn(PLAIN.decode(), "\n".join(others))
+
+
+class ClientAddressTests(SynchronousTestCase):
+    """The address that limits, logs and the API see."""
+
+    def test_forms(self):
+        from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+
+        from smtpproxy.session import _host
+
+        self.assertEqual(_host(IPv4Address("TCP", "192.0.2.1", 1)), "192.0.2.1")
+        self.assertEqual(_host(IPv6Address("TCP", "::ffff:192.0.2.1", 1)), "192.0.2.1")
+        self.assertEqual(_host(IPv6Address("TCP", "2001:db8::1", 1)), "2001:db8::1")
+        self.assertEqual(_host(UNIXAddress(b"/run/s")), str(UNIXAddress(b"/run/s")))
