@@ -9,7 +9,6 @@ ProxyService, and once through a real twistd process.
 import os
 import shutil
 import signal
-import socket
 import sys
 
 from twisted.application.service import Service
@@ -21,7 +20,6 @@ from twisted.internet.error import (
     ProcessDone,
     ProcessTerminated,
 )
-from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -30,10 +28,10 @@ from tests.support.api import start_api
 from tests.support.certs import client_options, make_certificates
 from tests.support.client import connect, data_block, send_mail
 from tests.support.stack import PASSWORD, USER, Stack, allow
+from tests.support.twistd import ChildProcess, free_port, twistd_command, twistd_environment
 from tests.support.upstream import END_OF_DATA, start_upstream
 from tests.test_session import QUEUED, SessionTestCase, TLSStringTransport
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
 MESSAGE = b"Subject: drain\r\n\r\nbody\r\n"
 
@@ -175,43 +173,6 @@ class ServiceTests(SynchronousTestCase):
         self.successResultOf(stopped)
 
 
-class _Twistd(ProcessProtocol):
-    """A twistd child: its log (stderr) as it comes, and its end (ProcessDone or ProcessTerminated)."""
-
-    def __init__(self):
-        self.log = ""
-        self.ended = defer.Deferred()
-        self._waiting = []
-
-    def errReceived(self, data):
-        self.log += data.decode("utf-8", "replace")
-        for text, waiter in list(self._waiting):
-            if text in self.log:
-                self._waiting.remove((text, waiter))
-                waiter.callback(None)
-
-    def logged(self, text):
-        """A Deferred that fires once C{text} is in the log."""
-        if text in self.log:
-            return defer.succeed(None)
-        waiter = defer.Deferred()
-        self._waiting.append((text, waiter))
-        return waiter
-
-    def processEnded(self, reason):
-        waiting, self._waiting = self._waiting, []
-        for text, waiter in waiting:
-            waiter.errback(AssertionError(f"twistd ended before logging {text!r}:\n{self.log}"))
-        self.ended.callback(reason.value)
-
-
-def _free_port():
-    """A loopback port nobody listens on right now (the child binds it a moment later)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class TwistdTests(TestCase):
     """
     The real thing: C{twistd -n smtpproxy} from this checkout as a child
@@ -229,17 +190,17 @@ class TwistdTests(TestCase):
         self.addCleanup(self.upstream.close)
 
     def start(self):
-        """Start twistd; a Deferred firing with its L{_Twistd} once it runs."""
-        self.port = _free_port()
-        twistd = _Twistd()
+        """Start twistd; a Deferred firing with its L{ChildProcess} once it runs."""
+        self.port = free_port()
+        twistd = ChildProcess()
         self.process = reactor.spawnProcess(
             twistd, sys.executable,
-            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-             "-n", "--pidfile=", "smtpproxy", f"--listen=127.0.0.1:{self.port}",
-             "--tohost=127.0.0.1", f"--toport={self.upstream.port}", f"--api={self.api.url}",
-             f"--tls_cert={self.certs.cert_path}", f"--tls_key={self.certs.key_path}",
-             "--hostname=proxy.test"],
-            env={**os.environ, "PYTHONPATH": ROOT}, path=self.directory,
+            twistd_command(
+                "smtpproxy", f"--listen=127.0.0.1:{self.port}",
+                "--tohost=127.0.0.1", f"--toport={self.upstream.port}", f"--api={self.api.url}",
+                f"--tls_cert={self.certs.cert_path}", f"--tls_key={self.certs.key_path}",
+                "--hostname=proxy.test"),
+            env=twistd_environment(), path=self.directory,
         )
         self.addCleanup(lambda: twistd.ended.called or self.process.signalProcess("KILL"))
         return twistd.logged("SIGTERM drains").addCallback(lambda _: twistd)
