@@ -165,10 +165,14 @@ class Options(usage.Options):
     def parseOptions(self, options=None):
         """
         Accept C{--listen_tls}, the spelling of every other option, too:
-        usage.Options names an C{opt_} method's option C{--listen-tls}.
+        usage.Options names an C{opt_} method's option C{--listen-tls}
+        (L{getUsage} shows the underscore spelling).
         """
         arguments = sys.argv[1:] if options is None else options
         super().parseOptions([_LISTEN_TLS.sub("--listen-tls", a) for a in arguments])
+
+    def getUsage(self, width=None):
+        return super().getUsage(width).replace("--listen-tls=", "--listen_tls=")
 
     def opt_listen_tls(self, value):
         """Address for implicit-TLS submission, port 465 style (RFC 8314; repeatable)."""

@@ -193,6 +193,18 @@ class OptionsTests(SynchronousTestCase):
                      "max_connections", "max_connections_per_ip", "data_timeout", "drain_timeout"]:
             self.assertIn("--" + name, manual)
 
+    def test_readme_lists_every_option(self):
+        """README.rst's option reference stays complete."""
+        with open(os.path.join(os.path.dirname(__file__), "..", "README.rst")) as f:
+            readme = f.read()
+        options = tap.Options()
+        names = [p[0] for p in options.optParameters] + [f[0] for f in options.optFlags]
+        names += ["listen", "listen_tls", "man", "version"]
+        self.assertEqual([n for n in names if f"``--{n}" not in readme], [])
+
+    def test_help_spells_listen_tls_with_underscore(self):
+        self.assertIn("--listen_tls=", str(tap.Options()))
+
     def test_help_shows_defaults(self):
         text = " ".join(str(tap.Options()).split())  # as usage.Options wraps it
         self.assertIn("--api_timeout=", text)
