@@ -28,7 +28,12 @@ not read its last reply (421, 221) within C{idle_timeout} is cut off.
 import ipaddress
 import re
 
-from twisted.internet.interfaces import IHandshakeListener, IPushProducer, ISSLTransport
+from twisted.internet.interfaces import (
+    IHandshakeListener,
+    IPushProducer,
+    ISSLTransport,
+    ITCPTransport,
+)
 from twisted.logger import Logger
 from twisted.mail import smtp
 from zope.interface import implementer
@@ -357,6 +362,12 @@ class ProxySession(smtp.ESMTP):
     # Connection events.
 
     def connectionMade(self):
+        """
+        Admit or refuse the client, then greet.  Nagle's algorithm is off:
+        a reply can otherwise wait ~40 ms behind TLS session tickets.
+        """
+        if ITCPTransport.providedBy(self.transport):
+            self.transport.setTcpNoDelay(True)
         self.client = _host(self.transport.getPeer())
         self._log_input(f"[connection from {self.client}]")
         refusal = self.factory.connected(self)

@@ -10,7 +10,7 @@ import tempfile
 from attrs import frozen
 from treq.testing import StubTreq
 from twisted.internet import reactor
-from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
+from twisted.internet.defer import CancelledError, Deferred, gatherResults, inlineCallbacks
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
@@ -240,6 +240,15 @@ class LoopbackTests(PolicyTestMixin, TestCase):
         yield client.check(REQUEST)
         yield client.check(REQUEST)
         self.assertEqual(server.connections, 1)
+
+    @inlineCallbacks
+    def test_concurrent_calls_keep_their_connections(self):
+        """Ten calls at once, then ten more: the second ten reuse the first ten's connections."""
+        url, server = self.listen(ApiResource())
+        client = self.client(url)
+        for _ in range(2):
+            yield gatherResults([client.check(REQUEST) for _ in range(10)])
+        self.assertEqual(server.connections, 10)
 
     @inlineCallbacks
     def test_refused(self):

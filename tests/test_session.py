@@ -7,7 +7,7 @@ replaced by recorders.
 import base64
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import ITLSTransport
+from twisted.internet.interfaces import ITCPTransport, ITLSTransport
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
@@ -23,14 +23,18 @@ ALLOW = Decision(reply=None, headers=(("X-Checked", "yes"),), sender=None)
 QUEUED = replies.Reply(250, "2.0.0 Ok: queued as ABC")
 
 
-@implementer(ITLSTransport)
+@implementer(ITLSTransport, ITCPTransport)
 class TLSStringTransport(StringTransport):
-    """A transport that can 'start TLS': it records the call and the moment."""
+    """A TCP transport that can 'start TLS': it records the call and the moment."""
 
     tls_started_at = None
+    no_delay = False
 
     def startTLS(self, context):
         self.tls_started_at = len(self.value())
+
+    def setTcpNoDelay(self, enabled):
+        self.no_delay = enabled
 
 
 class RecordingPolicy:
@@ -112,6 +116,10 @@ class SessionTestCase(SynchronousTestCase):
 class GreetingAndTLSTests(SessionTestCase):
     def test_greeting(self):
         self.assertEqual(self.transport.value(), b"220 proxy.test ESMTP smtpproxy\r\n")
+
+    def test_no_nagle(self):
+        """Replies go out at once, not ~40 ms later behind TLS session tickets."""
+        self.assertTrue(self.transport.no_delay)
 
     def test_ehlo_before_tls(self):
         lines = self.send(b"EHLO client.test\r\n")
