@@ -8,7 +8,7 @@ from twisted.trial.unittest import TestCase
 
 from smtpproxy import Limits
 from smtpproxy.haproxy import _HeaderFirstFactory
-from tests.support.client import connect, data_block
+from tests.support.client import connect, submit
 from tests.support.loopback import listen_loopback
 from tests.support.stack import Stack
 from tests.test_end_to_end import MESSAGE
@@ -40,11 +40,7 @@ class ProxyProtocolTests(TestCase):
         yield client.starttls(self.stack.client_tls)
         yield client.command(b"EHLO client.example", expect=250)
         yield client.command(b"AUTH PLAIN AGFsaWNlAHMzY3JldA==", expect=235)
-        yield client.command(b"MAIL FROM:<alice@example.com>", expect=250)
-        yield client.command(b"RCPT TO:<bob@example.net>", expect=250)
-        yield client.command(b"DATA", expect=354)
-        client.send(data_block(MESSAGE))
-        (reply,) = yield client.replies(1)
+        reply = yield submit(client, b"alice@example.com", b"bob@example.net", MESSAGE)
         yield client.close()
         self.assertEqual(reply.code, 250)
         self.assertEqual(self.stack.api.requests[0].json["client_address"], "192.0.2.7")

@@ -11,7 +11,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
 
-from tests.support.client import connect, data_block
+from tests.support.client import connect, submit
 from tests.support.loopback import listen_loopback
 from tests.support.stack import Stack
 from tests.test_end_to_end import MESSAGE
@@ -37,11 +37,7 @@ class ImplicitTLSTests(OperationsTestCase):
         self.assertNotIn("STARTTLS", ehlo.lines)
         yield client.command(b"STARTTLS", expect=503)
         yield client.command(b"AUTH PLAIN " + base64.b64encode(b"\0alice\0s3cret"), expect=235)
-        yield client.command(b"MAIL FROM:<alice@example.com>", expect=250)
-        yield client.command(b"RCPT TO:<bob@example.net>", expect=250)
-        yield client.command(b"DATA", expect=354)
-        client.send(data_block(MESSAGE))
-        (reply,) = yield client.replies(1)
+        reply = yield submit(client, b"alice@example.com", b"bob@example.net", MESSAGE)
         yield client.close()
         self.assertEqual(reply.code, 250)
         self.assertEqual(len(self.stack.upstream.messages), 1)
