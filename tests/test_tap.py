@@ -70,11 +70,13 @@ class OptionsTests(SynchronousTestCase):
 
     def test_limits_and_drain(self):
         options = self.parse(self.arguments(
-            max_connections=5, max_connections_per_ip=2, data_timeout=60, drain_timeout=7))
+            max_connections=5, max_connections_per_ip=2, data_timeout=60, drain_timeout=7,
+            max_line_length=512, spool_memory=4096))
         limits = tap.config_from(options).limits
         self.assertEqual(
-            (limits.max_connections, limits.max_connections_per_ip, limits.data_timeout),
-            (5, 2, 60))
+            (limits.max_connections, limits.max_connections_per_ip, limits.data_timeout,
+             limits.max_line_length, limits.spool_memory),
+            (5, 2, 60, 512, 4096))
         self.assertIsInstance(options["tls"], ReloadableContext)
         service = tap.makeService(options, reactor=MemoryReactorClock())
         self.assertEqual(service.drain_timeout, 7)
