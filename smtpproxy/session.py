@@ -163,7 +163,8 @@ class ProxySession(smtp.ESMTP):
         elif handler is None:
             self._log_input(f"[unrecognized command, {len(line)} bytes]")
         elif command.verb == "AUTH":
-            self._log_input(b"AUTH " + command.argument.split(b" ", 1)[0] + b" [REDACTED]")
+            mechanism = command.argument.split(None, 1)[:1] or [b""]
+            self._log_input(b"AUTH " + mechanism[0] + b" [REDACTED]")
         else:
             self._log_input(line)
 
@@ -363,8 +364,11 @@ class ProxySession(smtp.ESMTP):
 
     def connectionMade(self):
         """
-        Admit or refuse the client, then greet.  Nagle's algorithm is off:
-        a reply can otherwise wait ~40 ms behind TLS session tickets.
+        Admit or refuse the client, then greet.  A refused client that
+        does not take its 421 (over implicit TLS it waits for a handshake
+        the client may never make) is cut off after C{pretls_timeout}.
+        Nagle's algorithm is off: a reply can otherwise wait ~40 ms behind
+        TLS session tickets.
         """
         if ITCPTransport.providedBy(self.transport):
             self.transport.setTcpNoDelay(True)
@@ -375,6 +379,7 @@ class ProxySession(smtp.ESMTP):
             self._closing = True
             self.reply(refusal)
             self.transport.loseConnection()
+            self.setTimeout(self.limits.pretls_timeout)
             return
         self.transport.registerProducer(self, True)
         self._producing = True

@@ -105,7 +105,7 @@ class Message:
                 return
             if data is None:
                 return
-            self._ask(self._headers.block)
+            self._ask(self._headers.block, separated=data.startswith(b"\r"))
         try:
             self._spool.write(data)
         except OSError:
@@ -118,15 +118,31 @@ class Message:
             self._refusal = reply
             self.connectionLost()
 
-    def _ask(self, block):
-        """Start the policy call: the header block is complete."""
+    def _ask(self, block, separated):
+        """
+        Start the policy call: the header block is complete.
+
+        @param separated: the block ended at an empty line, or the message
+            ended with it.  If not (the message went on with a line that is
+            no header field, even a continuation line), an empty line is put
+            between the headers and that line upstream: without it, the
+            upstream could read as headers lines the API saw as body, such
+            as a C{From:} behind a leading continuation line.
+        """
         self._block = block
+        self._separator = b"" if separated else b"\r\n"
         t = self.transaction
         request = build_request(
             t.login, t.sender, t.recipients, block.for_api(), t.client, t.helo
         )
-        self._asked = self._clock.seconds()
-        self._decision = t.services.policy.check(request)
+        asked = self._clock.seconds()
+        self._decision = t.services.policy.check(request).addCallback(self._answered, asked)
+
+    def _answered(self, decision, asked):
+        """Time the API when it answers, not when the message ends."""
+        self._api_time = self._clock.seconds() - asked
+        self.transaction.services.metrics.api_latency.observe(self._api_time)
+        return decision
 
     def eomReceived(self):
         """The final dot arrived: a Deferred firing with the client's reply."""
@@ -134,21 +150,20 @@ class Message:
             done = succeed(self._refusal)
         else:
             if self._block is None:
-                self._ask(self._headers.finish())
+                self._ask(self._headers.finish(), separated=True)
             done = self._decision.addCallback(self._decided)
         done.addErrback(self._crashed)
         return done.addCallback(self._finished)
 
     def _decided(self, decision):
-        self._api_time = self._clock.seconds() - self._asked
-        self.transaction.services.metrics.api_latency.observe(self._api_time)
         if not decision.allowed:
             unavailable = decision.reply == replies.POLICY_UNAVAILABLE
             self._outcome = "unavailable" if unavailable else "deny"
             return decision.reply
         self._outcome = "allow"
         self._spool.seek(0)
-        data = _Concatenation(self._block.rewrite(decision.headers), self._spool)
+        head = self._block.rewrite(decision.headers) + self._separator
+        data = _Concatenation(head, self._spool)
         t = self.transaction
         sender = t.sender if decision.sender is None else decision.sender
         return t.services.deliver(sender, t.recipients, data)

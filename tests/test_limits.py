@@ -124,6 +124,14 @@ class RefusedSessionTests(SessionTestCase):
         refused.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(self.factory.connections.total, 1)
 
+    def test_refused_session_that_never_takes_its_reply_is_cut_off(self):
+        """Over implicit TLS the 421 waits for a handshake that may never come."""
+        refused = self.factory.buildProtocol(None)
+        transport = TLSStringTransport()
+        refused.makeConnection(transport)
+        self.clock.advance(self.limits.pretls_timeout)
+        self.assertTrue(transport.disconnected)
+
 
 class TimeoutTests(SessionTestCase):
     limits = Limits(pretls_timeout=30, idle_timeout=300, data_timeout=600)

@@ -329,6 +329,28 @@ class MessageTests(SessionTestCase):
         self.assertEqual(lines[1:], ["550 5.6.0 Message contains bare CR or LF", "250 2.0.0 OK"])
         self.assertEqual(self.factory.deliveries, [])
 
+    def test_no_header_smuggling_behind_a_continuation_line(self):
+        """
+        A message starting with a continuation line has no header for the
+        API; upstream, an empty line keeps what follows out of the headers.
+        """
+        self.envelope()
+        self.send(b"DATA\r\n \r\nFrom: ceo@bank.example\r\n\r\nbody\r\n.\r\n")
+        self.assertEqual(self.policy.requests[0]["headers"], [])
+        self.assertEqual(self.factory.deliveries[0][2],
+                         b"X-Checked: yes\r\n\r\n \r\nFrom: ceo@bank.example\r\n\r\nbody\r\n")
+
+    def test_api_latency_is_the_api_s(self):
+        """The API's time is measured when it answers, not when the body ends."""
+        self.policy.answer = Deferred()
+        self.envelope()
+        self.send(b"DATA\r\nSubject: x\r\n\r\nfirst part\r\n")
+        self.clock.advance(1)
+        self.policy.answer.callback(ALLOW)
+        self.clock.advance(25)
+        self.send(b"rest\r\n.\r\n")
+        self.assertEqual(self.factory.metrics.api_latency._sum.get(), 1)
+
     def test_headers_only_message(self):
         self.envelope()
         self.send(b"DATA\r\nSubject: x\r\n.\r\n")
@@ -400,6 +422,13 @@ class TranscriptTests(SessionTestCase):
         self.assertIn("1 < AUTH PLAIN [REDACTED]", self.transcript())
         self.assertNotIn(PLAIN.decode(), self.everything())
 
+    def test_auth_line_with_a_tab(self):
+        """AUTH's argument splits on any white space, and so does the mask."""
+        self.tls()
+        self.send(b"AUTH PLAIN\t" + PLAIN + b"\r\n")
+        self.assertIn("1 < AUTH PLAIN [REDACTED]", self.transcript())
+        self.assertNotIn(PLAIN.decode(), self.everything())
+
     def test_auth_continuations(self):
         self.tls()
         self.send(b"AUTH LOGIN\r\n" + base64.b64encode(b"bob") + b"\r\n" + base64.b64encode(b"pw") + b"\r\n")
@@ -435,6 +464,11 @@ class CredentialsTranscriptTests(TranscriptTests):
         self.tls()
         self.send(b"AUTH LOGIN\r\n" + base64.b64encode(b"bob") + b"\r\n")
         self.assertIn("1 < " + base64.b64encode(b"bob").decode(), self.transcript())
+
+    def test_auth_line_with_a_tab(self):
+        self.tls()
+        self.send(b"AUTH PLAIN\t" + PLAIN + b"\r\n")
+        self.assertIn("1 < AUTH PLAIN\\x09" + PLAIN.decode(), self.transcript())
 
     def test_unrecognized_lines(self):
         self.send(b"HELLO\r\n")
