@@ -128,6 +128,22 @@ class RelaySender(smtp.ESMTPSender):
         self._outcome = (code, resp)
         self._disconnectFromServer()
 
+    def smtpState_data(self, code, resp):
+        """
+        Send the data, and take no reply until its final dot is out.  The
+        stock code would take a reply that comes during the data for the
+        outcome, tell the client 250 for a message whose end never went,
+        and write QUIT into the middle of its body.
+        """
+        super().smtpState_data(code, resp)
+        self._okresponse = self._failresponse = self._replyDuringData
+
+    def _replyDuringData(self, code, resp):
+        """A reply before the end of data: the upstream is broken; drop it (451)."""
+        self._outcome = Failure(
+            smtp.SMTPProtocolError(code, b"reply before the end of data: " + resp))
+        self.transport.abortConnection()
+
     def transformChunk(self, chunk):
         """
         Send the data unchanged: it is already in wire form.  The stock
@@ -138,7 +154,12 @@ class RelaySender(smtp.ESMTPSender):
         return chunk
 
     def finishedFileTransfer(self, lastsent):
-        """End the data; it is empty or ends with CRLF, so only C{.} CRLF follows."""
+        """
+        End the data (it is empty or ends with CRLF, so only C{.} CRLF
+        follows); from now on the reply is the message's outcome.
+        """
+        self._okresponse = self.smtpState_msgSent
+        self._failresponse = self.smtpTransferFailed
         self.sendLine(b".")
 
     def sendError(self, exc):

@@ -130,6 +130,22 @@ class InMemoryTests(unittest.TestCase):
         self.assertEqual((host, port, timeout), ("upstream.example", 25, 15))
         self.assertEqual((factory.timeout, factory.noisy), (60, False))
 
+    def test_reply_during_the_data(self):
+        """A reply before the final dot is no outcome: 451, and no QUIT inside the body."""
+        c = Conversation(data=b"Subject: x\r\n\r\n" + b"y" * 100000 + b"\r\n")
+        c.connect()
+        c.reply(b"220 upstream ESMTP")
+        c.reply(b"250 upstream")
+        c.reply(b"250 2.1.0 Ok")
+        c.reply(b"250 2.1.5 Ok")
+        c.reply(b"354 go ahead")
+        c.transport.producer.resumeProducing()
+        sent = c.reply(b"250 2.0.0 queued early")
+        self.assertNotIn(b"QUIT", sent)
+        self.assertTrue(c.transport.disconnecting)
+        c.close()
+        self.assertEqual(c.results, [replies.UPSTREAM_UNAVAILABLE])
+
     def test_no_nagle(self):
         """The final dot must not wait for the upstream's delayed ACK (about 40 ms)."""
         c = Conversation()
