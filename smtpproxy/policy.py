@@ -10,12 +10,10 @@ password.
 """
 
 import json
-import re
 
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
 from twisted.internet.protocol import Protocol
-from twisted.internet.ssl import Certificate, trustRootFromCertificates
 from twisted.logger import Logger
 from twisted.web.client import (
     Agent,
@@ -30,6 +28,7 @@ from twisted.web.client import (
 from twisted.web.http import PotentialDataLoss
 
 from smtpproxy.answer import Decision, parse_answer
+from smtpproxy.tls import load_trust_root
 
 MAX_ANSWER = 1024 * 1024
 
@@ -52,11 +51,8 @@ class _Pool(HTTPConnectionPool):
     _factory = _QuietConnectionFactory
     maxPersistentPerHost = 64
 
-log = Logger(namespace="smtpproxy.policy")
 
-_PEM_CERTIFICATE = re.compile(
-    rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL
-)
+log = Logger(namespace="smtpproxy.policy")
 _WRAPPERS = (RequestGenerationFailed, RequestTransmissionFailed, ResponseFailed)
 
 
@@ -167,13 +163,7 @@ def _trust_root(ca_path):
     or the platform's trust store when there is none.  Read once, at start-up,
     so a missing or broken file stops the proxy instead of every message.
     """
-    if ca_path is None:
-        return None
-    with open(ca_path, "rb") as f:
-        blocks = _PEM_CERTIFICATE.findall(f.read())
-    if not blocks:
-        raise ValueError(f"no PEM certificate in {ca_path}")
-    return trustRootFromCertificates([Certificate.loadPEM(block) for block in blocks])
+    return None if ca_path is None else load_trust_root(ca_path)
 
 
 def _timed_out(result, timeout):

@@ -84,6 +84,7 @@ def _upstream(options):
             host=options["tohost"],
             port=options["toport"],
             timeout=options["upstream_timeout"],
+            connect_timeout=options["upstream_timeout"],
             tls=options["upstream_tls"],
             trust_root=trust_root,
             username=options["upstream_user"],
@@ -214,6 +215,11 @@ class Options(usage.Options):
         except TLSFilesError as e:
             fail(str(e))
         self["upstream"] = _upstream(self)
+        if self["api_ca"] is not None:
+            try:
+                load_trust_root(self["api_ca"])
+            except TLSFilesError as e:
+                fail(f"--api_ca: {e}")
 
 
 def config_from(options):

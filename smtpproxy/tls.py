@@ -8,7 +8,7 @@ C{cryptography} objects: pyOpenSSL's own PKey/X509 types are deprecated
 """
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding, load_pem_private_key
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_private_key
 from twisted.internet.ssl import (
     Certificate,
     CertificateOptions,
@@ -43,7 +43,7 @@ def load_context(cert_path, key_path):
             key = load_pem_private_key(f.read(), password=None)
     except (OSError, ValueError, TypeError) as e:
         raise TLSFilesError(f"cannot read key {key_path}: {_reason(e)}")
-    if chain[0].public_key().public_numbers() != key.public_key().public_numbers():
+    if _public(chain[0].public_key()) != _public(key.public_key()):
         raise TLSFilesError(f"key {key_path} does not match certificate {cert_path}")
     return CertificateOptions(
         privateKey=key,
@@ -106,6 +106,11 @@ def load_trust_root(ca_path):
     return trustRootFromCertificates(
         [Certificate.loadPEM(c.public_bytes(Encoding.PEM)) for c in certificates]
     )
+
+
+def _public(key):
+    """A public key's bytes, comparable for every key type (Ed25519 has no numbers)."""
+    return key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
 
 
 def _reason(error):

@@ -241,7 +241,7 @@ def _send(reactor, upstream, hostname, sender, recipients, data):
     # The factory parses fromEmail with smtp.Address; RelaySender sends it raw.
     factory.fromEmail = sender.encode("utf-8")
     factory.protocol = RelaySender
-    factory.domain = hostname.encode("ascii")
+    factory.domain = hostname.encode("idna")
     factory.noisy = False
     factory.reactor = reactor
     if upstream.tls == "tls":

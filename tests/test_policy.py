@@ -24,6 +24,7 @@ from smtpproxy.auth import Login
 from smtpproxy.config import Policy
 from smtpproxy.policy import MAX_ANSWER, PolicyClient
 from smtpproxy.replies import POLICY_UNAVAILABLE, Reply
+from smtpproxy.tls import TLSFilesError
 from tests.support.certs import make_certificates, server_options
 from tests.support.loopback import listen_loopback
 
@@ -332,4 +333,4 @@ class HttpsTests(PolicyTestMixin, TestCase):
     def test_no_certificate_in_ca_file(self):
         """A broken --api_ca stops the proxy at start-up rather than failing every message."""
         path = self.certs.key_path
-        self.assertRaises(ValueError, PolicyClient, reactor, Policy(self.url, ca_path=path))
+        self.assertRaises(TLSFilesError, PolicyClient, reactor, Policy(self.url, ca_path=path))

@@ -102,6 +102,16 @@ class OptionsTests(SynchronousTestCase):
         line, _ = self.failure(self.arguments(tls_cert=self.key))
         self.assertTrue(line.startswith(f"smtpproxy: cannot read certificate {self.key}"))
 
+    def test_unreadable_api_ca(self):
+        line, code = self.failure(self.arguments(api_ca="/nonexistent/ca.pem"))
+        self.assertEqual(
+            line, "smtpproxy: --api_ca: cannot read CA file /nonexistent/ca.pem: No such file or directory\n")
+        self.assertEqual(code, 2)
+
+    def test_upstream_connect_timeout_follows_upstream_timeout(self):
+        options = self.parse(self.arguments(upstream_timeout=7))
+        self.assertEqual(tap.config_from(options).upstream.connect_timeout, 7)
+
     def test_bad_loglevel(self):
         line, _ = self.failure(self.arguments(loglevel="loud"))
         self.assertIn("--loglevel must be one of debug, info, warn, error, fatal", line)

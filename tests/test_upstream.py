@@ -340,7 +340,7 @@ class InMemoryTests(unittest.TestCase):
         """Even a set-up error gives a reply, never a failure."""
         with capturedLogs() as logged:
             d = upstream.deliver(
-                MemoryReactorClock(), UPSTREAM, "pr\u00f6xy", "", ["a@b"], BytesIO(b"")
+                MemoryReactorClock(), UPSTREAM, "bad..name", "", ["a@b"], BytesIO(b"")
             )
         self.assertEqual(self.successResultOf(d), replies.UPSTREAM_UNAVAILABLE)
         self.assertEqual(len(logged), 1)
