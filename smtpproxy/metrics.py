@@ -54,7 +54,7 @@ class Metrics:
             "smtpproxy_connections_current", "Client connections open now.",
             registry=self.registry)
         self.connections_total = Counter(
-            "smtpproxy_connections", "Client connections accepted.",
+            "smtpproxy_connections", "Client connections made, admitted or refused.",
             registry=self.registry)
         self.connections_refused = Counter(
             "smtpproxy_connections_refused", "Client connections refused by a limit.",

@@ -25,10 +25,6 @@ class Reply:
     def temporary(self):
         return 400 <= self.code < 500
 
-    @property
-    def permanent(self):
-        return self.code >= 500
-
     def encode(self):
         """The text as bytes for L{twisted.mail.smtp.SMTP.sendCode}."""
         return self.text.encode("utf-8")
@@ -66,7 +62,6 @@ def relayed(code, enhanced, text):
 # Session replies (SPEC section 1).
 SERVICE_READY_TLS = Reply(220, "2.0.0 Ready to start TLS")
 AUTH_OK = Reply(235, "2.7.0 Authentication successful")
-OK = Reply(250, "2.0.0 OK")
 SENDER_OK = Reply(250, "2.1.0 Sender OK")
 RECIPIENT_OK = Reply(250, "2.1.5 Recipient OK")
 RESET_OK = Reply(250, "2.0.0 Reset state")

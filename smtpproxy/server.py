@@ -111,12 +111,12 @@ class ProxyFactory(smtp.SMTPFactory):
     def transaction(self, login, client, helo):
         return Transaction(self, login, client, helo)
 
-    def deliver(self, sender, recipients, data):
+    def deliver(self, sender, recipients, data, body=None):
         """Relay one allowed message upstream: a Deferred firing with a Reply."""
         started = self.reactor.seconds()
         delivered = upstream.deliver(
             self.reactor, self.config.upstream, self.config.hostname,
-            sender, recipients, data,
+            sender, recipients, data, body,
         )
         return delivered.addCallback(self._timed, started)
 

@@ -282,6 +282,7 @@ class ProxySession(smtp.ESMTP):
             helo = _text(self._helo[0] or b"")
             self._transaction = self.factory.transaction(self._login, self.client, helo)
             self._transaction.validateFrom(self._helo, mail.address)
+            self._transaction.body = mail.body
             self.reply(replies.SENDER_OK)
 
     def smtp_RCPT(self, argument):

@@ -1,8 +1,8 @@
 """
 One mail transaction, from MAIL FROM to the reply after the final dot.
 
-L{Transaction} is the proxy's C{IMessageDelivery}: it collects the
-envelope.  L{Message} receives the data: it splits off the header block,
+L{Transaction} is the proxy's C{IMessageDelivery} (the session's own
+command loop calls it where Twisted's would): it collects the envelope.  L{Message} receives the data: it splits off the header block,
 asks the policy API as soon as that block is complete (while the body may
 still be arriving), spools the body to a temporary file past a small
 in-memory threshold, and after the final dot either refuses or delivers
@@ -39,6 +39,8 @@ class Transaction:
     @ivar login: the client's L{smtpproxy.auth.Login}.
     @ivar client: the client's IP address (or a UNIX socket's name).
     @ivar helo: the client's EHLO/HELO argument.
+    @ivar body: MAIL FROM's C{BODY=} value (C{"8BITMIME"}, C{"7BIT"}) or
+        L{None}, passed on to the upstream (RFC 6152).
     """
 
     def __init__(self, services, login, client, helo):
@@ -47,6 +49,7 @@ class Transaction:
         self.client = client
         self.helo = helo
         self.sender = None
+        self.body = None
         self.recipients = []
 
     def receivedHeader(self, helo, origin, recipients):
@@ -166,7 +169,7 @@ class Message:
         data = _Concatenation(head, self._spool)
         t = self.transaction
         sender = t.sender if decision.sender is None else decision.sender
-        return t.services.deliver(sender, t.recipients, data)
+        return t.services.deliver(sender, t.recipients, data, t.body)
 
     def _crashed(self, failure):
         log.failure("message handling failed", failure)

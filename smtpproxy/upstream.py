@@ -77,12 +77,14 @@ class RelaySender(smtp.ESMTPSender):
         """
         Send the sender exactly as given (C{<>} for the null sender): the
         stock code parses it with L{smtp.Address}, which rejects valid
-        addresses such as C{user@[192.0.2.1]}.
+        addresses such as C{user@[192.0.2.1]}.  The client's C{BODY=}
+        goes along (RFC 6152: an 8-bit message must stay marked as such).
         """
         self._expected = [250]
         self._okresponse = self.smtpState_to
         self._failresponse = self.smtpTransferFailed
-        self.sendLine(b"MAIL FROM:<" + self.factory.fromEmail + b">")
+        body = b"" if self.factory.body is None else b" BODY=" + self.factory.body
+        self.sendLine(b"MAIL FROM:<" + self.factory.fromEmail + b">" + body)
 
     def smtpState_toOrData(self, code, resp):
         """
@@ -187,7 +189,7 @@ class RelaySender(smtp.ESMTPSender):
             self.factory.result.callback(outcome)
 
 
-def deliver(reactor, upstream, hostname, sender, recipients, data):
+def deliver(reactor, upstream, hostname, sender, recipients, data, body=None):
     """
     Send one message to the upstream and say what to answer the client.
 
@@ -197,17 +199,18 @@ def deliver(reactor, upstream, hostname, sender, recipients, data):
     @param recipients: the envelope recipients, in order.
     @param data: a binary file positioned at the message's start, in wire
         form (see the module docstring); only C{read(n)} is used.
+    @param body: the client's C{BODY=} value, or L{None}.
 
     @return: a Deferred that fires, exactly once and never with a failure,
         with the client's L{replies.Reply}.
     """
     outcome = defer.maybeDeferred(
-        _send, reactor, upstream, hostname, sender, recipients, data
+        _send, reactor, upstream, hostname, sender, recipients, data, body
     )
     return outcome.addCallback(_reply).addErrback(_unavailable, upstream)
 
 
-def _send(reactor, upstream, hostname, sender, recipients, data):
+def _send(reactor, upstream, hostname, sender, recipients, data, body):
     """
     Start the connection; return the Deferred L{RelaySender} fires.
 
@@ -240,6 +243,7 @@ def _send(reactor, upstream, hostname, sender, recipients, data):
     )
     # The factory parses fromEmail with smtp.Address; RelaySender sends it raw.
     factory.fromEmail = sender.encode("utf-8")
+    factory.body = _encoded(body)
     factory.protocol = RelaySender
     factory.domain = hostname.encode("idna")
     factory.noisy = False

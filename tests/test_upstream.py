@@ -45,13 +45,13 @@ class Conversation:
 
     def __init__(
         self, sender="", recipients=("rcpt@example.com",), data=b"Subject: hi\r\n\r\n",
-        config=UPSTREAM,
+        config=UPSTREAM, body=None,
     ):
         self.reactor = MemoryReactorClock()
         self.results = []
         with capturedLogs() as self.logged:
             upstream.deliver(
-                self.reactor, config, "proxy.example", sender, recipients, BytesIO(data)
+                self.reactor, config, "proxy.example", sender, recipients, BytesIO(data), body
             ).addCallback(self.results.append)
         self.connects = []
         self.connector = self.reactor.connectors[0]
@@ -189,6 +189,14 @@ class InMemoryTests(unittest.TestCase):
         c.reply(b"220 upstream.example SMTP")
         self.assertEqual(c.reply(b"502 5.5.2 Command not recognized"), b"HELO proxy.example\r\n")
         self.assertEqual(c.reply(b"250 upstream.example"), b"MAIL FROM:<>\r\n")
+
+    def test_body_parameter(self):
+        """The client's BODY= goes along with MAIL FROM (RFC 6152)."""
+        c = Conversation(sender="a@b.example", body="8BITMIME")
+        c.connect()
+        c.reply(b"220 upstream.example ESMTP")
+        self.assertEqual(c.reply(b"250-upstream.example", b"250 8BITMIME"),
+                         b"MAIL FROM:<a@b.example> BODY=8BITMIME\r\n")
 
     def test_heloRefused(self):
         """EHLO and HELO refused: give up (the stock code sends HELO forever)."""
