@@ -328,8 +328,8 @@ class ProxySession(smtp.ESMTP):
 
     @property
     def delivering(self):
-        """Whether the client waits for the outcome of its message."""
-        return self._held
+        """Whether the client is sending a message or waits for its outcome."""
+        return self._held or self._message is not None
 
     def _message_done(self, reply):
         self.reply(reply)
@@ -389,13 +389,14 @@ class ProxySession(smtp.ESMTP):
 
     def shut_down(self):
         """
-        The proxy is stopping.  A client waiting for its message's outcome
-        gets it first (L{_message_done} comes back here).  Any other gets
-        C{421 4.3.2} now and is closed, even in the middle of DATA: it was
-        never told 250 for that message, so it sends it again later to a
-        running proxy, and nothing is lost.
+        The proxy is stopping (SPEC section 6: transactions in flight are
+        finished).  A client in the middle of DATA may send the rest, and
+        it and a client waiting for its message's outcome get that outcome
+        first (L{_message_done} comes back here); the drain timeout cuts
+        off one that takes too long, which was never told 250, so nothing
+        is lost.  Any other client gets C{421 4.3.2} now and is closed.
         """
-        if not (self._held or self._closing):
+        if not (self.delivering or self._closing):
             self.reply(replies.SHUTTING_DOWN)
             self._close()
 

@@ -50,14 +50,26 @@ class SessionDrainTests(SessionTestCase):
         self.lose()
         self.successResultOf(drained)
 
-    def test_mid_data_session_is_closed_and_nothing_is_delivered(self):
+    def test_mid_data_session_finishes_its_message_then_421(self):
+        """SPEC section 6: a transaction in flight is finished, not cut."""
         self.envelope()
         self.send(b"DATA\r\nSubject: half\r\n\r\nsome of the bo")
         self.transport.clear()
-        self.factory.drain(30)
-        self.assertEqual(self.transport.value().decode(), SHUTTING_DOWN + "\r\n")
-        self.send(b"dy\r\n.\r\n")
+        drained = self.factory.drain(30)
+        self.assertEqual(self.transport.value(), b"")
+        self.assertEqual(self.send(b"dy\r\n.\r\n"),
+                         ["250 2.0.0 Ok: queued as ABC", SHUTTING_DOWN])
+        self.assertEqual(len(self.factory.deliveries), 1)
         self.lose()
+        self.successResultOf(drained)
+
+    def test_mid_data_session_that_never_ends_is_cut_off(self):
+        """At the drain timeout: no reply, so the client resends; nothing delivered."""
+        self.envelope()
+        self.send(b"DATA\r\nSubject: half\r\n\r\nsome of the bo")
+        self.factory.drain(30)
+        self.clock.advance(30)
+        self.assertTrue(self.transport.disconnected)
         self.assertEqual(self.factory.deliveries, [])
 
     def test_message_in_flight_gets_its_outcome_then_421(self):
