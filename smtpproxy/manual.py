@@ -46,10 +46,10 @@ REPLIES AFTER THE FINAL DOT
     552 5.3.4                     the message or its header block was too big
 
 SIGNALS
-    SIGTERM  stop listening, answer idle clients (and clients in the middle
-             of a message, which never heard 250 for it) 421 4.3.2, finish
-             the messages past their final dot for up to --drain_timeout,
-             then exit 0.  A second SIGTERM exits at once.
+    SIGTERM  stop listening, answer idle clients 421 4.3.2, finish the
+             messages in flight (a client in the middle of DATA may send the
+             rest) for up to --drain_timeout, then exit 0.  A second SIGTERM
+             exits at once.
     SIGHUP   re-read --tls_cert and --tls_key for new connections; an
              unusable pair is logged and the old one kept.
 
