@@ -39,6 +39,7 @@ class RelaySender(smtp.ESMTPSender):
     """
 
     _outcome = None
+    _takes8bit = False
 
     def connectionMade(self):
         """
@@ -73,17 +74,29 @@ class RelaySender(smtp.ESMTPSender):
         super().smtpState_helo(code, resp)
         self._failresponse = self.smtpConnectionFailed
 
+    def esmtpState_serverConfig(self, code, resp):
+        """
+        Note whether the upstream offers 8BITMIME (the EHLO after STARTTLS
+        is the one that counts, and comes last).
+        """
+        self._takes8bit = b"8BITMIME" in resp.upper().split()
+        super().esmtpState_serverConfig(code, resp)
+
     def smtpState_from(self, code, resp):
         """
         Send the sender exactly as given (C{<>} for the null sender): the
         stock code parses it with L{smtp.Address}, which rejects valid
         addresses such as C{user@[192.0.2.1]}.  The client's C{BODY=}
-        goes along (RFC 6152: an 8-bit message must stay marked as such).
+        goes along where the upstream offers 8BITMIME (RFC 6152: an 8-bit
+        message stays marked as such); to one that does not (HELO, or EHLO
+        without it) the message goes unmarked, as most servers take 8-bit
+        data anyway, rather than be refused for an unknown parameter.
         """
         self._expected = [250]
         self._okresponse = self.smtpState_to
         self._failresponse = self.smtpTransferFailed
-        body = b"" if self.factory.body is None else b" BODY=" + self.factory.body
+        marked = self.factory.body is not None and self._takes8bit
+        body = b" BODY=" + self.factory.body if marked else b""
         self.sendLine(b"MAIL FROM:<" + self.factory.fromEmail + b">" + body)
 
     def smtpState_toOrData(self, code, resp):

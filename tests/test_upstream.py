@@ -198,6 +198,14 @@ class InMemoryTests(unittest.TestCase):
         self.assertEqual(c.reply(b"250-upstream.example", b"250 8BITMIME"),
                          b"MAIL FROM:<a@b.example> BODY=8BITMIME\r\n")
 
+    def test_body_parameter_only_where_offered(self):
+        """An upstream without 8BITMIME gets no BODY= it would refuse."""
+        c = Conversation(sender="a@b.example", body="8BITMIME")
+        c.connect()
+        c.reply(b"220 upstream.example ESMTP")
+        self.assertEqual(c.reply(b"250-upstream.example", b"250 PIPELINING"),
+                         b"MAIL FROM:<a@b.example>\r\n")
+
     def test_heloRefused(self):
         """EHLO and HELO refused: give up (the stock code sends HELO forever)."""
         c = Conversation()
