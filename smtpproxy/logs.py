@@ -61,3 +61,31 @@ class LogRouter:
     def __call__(self, event):
         for observer in self._observers:
             observer(event)
+
+
+class LogFile:
+    """
+    A log file that can be reopened at its path (C{SIGUSR1}): logrotate
+    renames it, the proxy reopens, and the next line starts the new file
+    with none lost (C{copytruncate} loses what comes between its copy and
+    its truncation).
+    """
+
+    def __init__(self, path):
+        self.path = path
+        self._file = self._open()
+
+    def _open(self):
+        return open(self.path, "a", encoding="utf-8", buffering=1)
+
+    def write(self, text):
+        self._file.write(text)
+
+    def flush(self):
+        self._file.flush()
+
+    def reopen(self):
+        """Continue in a file at C{path}; on OSError the current one stays."""
+        new = self._open()
+        old, self._file = self._file, new
+        old.close()

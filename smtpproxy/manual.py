@@ -52,6 +52,7 @@ SIGNALS
              exits at once.
     SIGHUP   re-read --tls_cert and --tls_key for new connections; an
              unusable pair is logged and the old one kept.
+    SIGUSR1  reopen --logpath and --smtplog at their paths (log rotation).
 
 LOGS
     --logpath gets one info line per message (client, user, sender, recipient

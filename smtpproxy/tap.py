@@ -23,7 +23,7 @@ from twisted.web.server import Site
 from smtpproxy import haproxy, manual
 from smtpproxy._version import __version__
 from smtpproxy.config import UPSTREAM_TLS, Limits, Policy, ProxyConfig, Upstream
-from smtpproxy.logs import LEVELS, LogRouter
+from smtpproxy.logs import LEVELS, LogFile, LogRouter
 from smtpproxy.server import build_factory
 from smtpproxy.tls import ReloadableContext, TLSFilesError, load_trust_root
 
@@ -251,7 +251,8 @@ class ProxyService(MultiService):
     """
     The listeners, plus what twistd must learn from the plugin: where to
     log and which user to become (TWISTED-NOTES fight I), and the signals
-    an operator sends: SIGTERM drains, SIGHUP reloads the certificate.
+    an operator sends: SIGTERM drains, SIGHUP reloads the certificate,
+    SIGUSR1 reopens the log files (after logrotate moved them).
 
     The drain is twistd's ordinary shutdown: twistd stops the application
     in a "before shutdown" trigger, and the reactor waits for the Deferred
@@ -266,17 +267,19 @@ class ProxyService(MultiService):
 
     @param reactor: the reactor, to stop and to run signal work in.
     @param drain_timeout: seconds the drain waits for messages in flight.
+    @param log_files: the L{LogFile}s that SIGUSR1 reopens.
     """
 
-    def __init__(self, factory, observer, passwd, reactor, drain_timeout):
+    def __init__(self, factory, observer, passwd, reactor, drain_timeout, log_files=()):
         super().__init__()
         self.factory = factory
         self.observer = observer
         self.passwd = passwd
         self.drain_timeout = drain_timeout
         self._reactor = reactor
+        self.log_files = log_files
         self._catching = False
-        self._previous_hangup = None
+        self._previous_hangup = self._previous_user1 = None
 
     def setServiceParent(self, parent):
         super().setServiceParent(parent)
@@ -291,16 +294,18 @@ class ProxyService(MultiService):
 
     def _catch_signals(self):
         """
-        Take over SIGTERM and SIGHUP: once the reactor runs, since the
-        reactor installs its own SIGTERM handler while starting.
+        Take over SIGTERM, SIGHUP and SIGUSR1: once the reactor runs,
+        since the reactor installs its own SIGTERM handler while starting.
         """
         if not self.running:
             return
         self._catching = True
         signal.signal(signal.SIGTERM, self._terminate)
         self._previous_hangup = signal.signal(signal.SIGHUP, self._hangup)
+        self._previous_user1 = signal.signal(signal.SIGUSR1, self._user1)
         log.info(
-            "running: SIGTERM drains (at most {timeout} s), SIGHUP reloads the TLS certificate",
+            "running: SIGTERM drains (at most {timeout} s), SIGHUP reloads the TLS certificate, "
+            "SIGUSR1 reopens the log files",
             timeout=self.drain_timeout,
         )
 
@@ -315,6 +320,19 @@ class ProxyService(MultiService):
     def _hangup(self, number, frame):
         self._reactor.callFromThread(self.factory.config.tls.reload)
 
+    def _user1(self, number, frame):
+        self._reactor.callFromThread(self.reopen_logs)
+
+    def reopen_logs(self):
+        """Reopen every log file; one that cannot be reopened stays as it was."""
+        for log_file in self.log_files:
+            try:
+                log_file.reopen()
+            except OSError as e:
+                log.error("cannot reopen log file {path}: {error}", path=log_file.path,
+                          error=e.strerror)
+        log.info("log files reopened")
+
     def stopService(self):
         """
         Stop listening, drain the sessions, then close the shared clients;
@@ -324,6 +342,7 @@ class ProxyService(MultiService):
             self._catching = False
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGHUP, self._previous_hangup)
+            signal.signal(signal.SIGUSR1, self._previous_user1)
         stopped = super().stopService()
         stopped.addBoth(lambda _: self.factory.drain(self.drain_timeout))
         stopped.addBoth(lambda _: self.factory.close())
@@ -332,7 +351,7 @@ class ProxyService(MultiService):
 
 def _open(path):
     try:
-        return open(path, "a", encoding="utf-8", buffering=1)
+        return LogFile(path)
     except OSError as e:
         fail(f"cannot open log file {path}: {e.strerror}")
 
@@ -346,7 +365,8 @@ def makeService(options, reactor=None):
     observer = LogRouter(main, LEVELS[options["loglevel"]], transcript)
     factory = build_factory(config_from(options), reactor)
     service = ProxyService(
-        factory, observer, options.get("passwd"), reactor, options["drain_timeout"]
+        factory, observer, options.get("passwd"), reactor, options["drain_timeout"],
+        [f for f in (main, transcript) if isinstance(f, LogFile)],
     )
     listeners = [("listen", address, factory) for address in options["listen"]]
     implicit = TLSMemoryBIOFactory(factory.config.tls, False, factory)
