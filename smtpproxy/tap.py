@@ -215,11 +215,6 @@ class Options(usage.Options):
         except TLSFilesError as e:
             fail(str(e))
         self["upstream"] = _upstream(self)
-        if self["api_ca"] is not None:
-            try:
-                load_trust_root(self["api_ca"])
-            except TLSFilesError as e:
-                fail(f"--api_ca: {e}")
 
 
 def config_from(options):
@@ -363,7 +358,10 @@ def makeService(options, reactor=None):
     main = sys.stderr if options["logpath"] is None else _open(options["logpath"])
     transcript = None if options["smtplog"] is None else _open(options["smtplog"])
     observer = LogRouter(main, LEVELS[options["loglevel"]], transcript)
-    factory = build_factory(config_from(options), reactor)
+    try:
+        factory = build_factory(config_from(options), reactor)
+    except TLSFilesError as e:
+        fail(f"--api_ca: {e}")
     service = ProxyService(
         factory, observer, options.get("passwd"), reactor, options["drain_timeout"],
         [f for f in (main, transcript) if isinstance(f, LogFile)],

@@ -103,7 +103,11 @@ class OptionsTests(SynchronousTestCase):
         self.assertTrue(line.startswith(f"smtpproxy: cannot read certificate {self.key}"))
 
     def test_unreadable_api_ca(self):
-        line, code = self.failure(self.arguments(api_ca="/nonexistent/ca.pem"))
+        """One line before anything listens (the file is read once, by the API client)."""
+        options = self.parse(self.arguments(api_ca="/nonexistent/ca.pem"))
+        with self.assertRaises(SystemExit) as raised:
+            tap.makeService(options, reactor=MemoryReactorClock())
+        line, code = self.stderr.getvalue(), raised.exception.code
         self.assertEqual(
             line, "smtpproxy: --api_ca: cannot read CA file /nonexistent/ca.pem: No such file or directory\n")
         self.assertEqual(code, 2)
