@@ -190,20 +190,21 @@ class InMemoryTests(unittest.TestCase):
         self.assertEqual(c.reply(b"502 5.5.2 Command not recognized"), b"HELO proxy.example\r\n")
         self.assertEqual(c.reply(b"250 upstream.example"), b"MAIL FROM:<>\r\n")
 
-    def test_body_parameter(self):
-        """The client's BODY= goes along with MAIL FROM (RFC 6152)."""
+    def mailFromAnswering(self, ehloReply):
+        """The MAIL FROM sent for an 8-bit message after C{ehloReply}'s last line."""
         c = Conversation(sender="a@b.example", body="8BITMIME")
         c.connect()
         c.reply(b"220 upstream.example ESMTP")
-        self.assertEqual(c.reply(b"250-upstream.example", b"250 8BITMIME"),
+        return c.reply(b"250-upstream.example", ehloReply)
+
+    def test_body_parameter(self):
+        """The client's BODY= goes along with MAIL FROM (RFC 6152)."""
+        self.assertEqual(self.mailFromAnswering(b"250 8BITMIME"),
                          b"MAIL FROM:<a@b.example> BODY=8BITMIME\r\n")
 
     def test_body_parameter_only_where_offered(self):
         """An upstream without 8BITMIME gets no BODY= it would refuse."""
-        c = Conversation(sender="a@b.example", body="8BITMIME")
-        c.connect()
-        c.reply(b"220 upstream.example ESMTP")
-        self.assertEqual(c.reply(b"250-upstream.example", b"250 PIPELINING"),
+        self.assertEqual(self.mailFromAnswering(b"250 PIPELINING"),
                          b"MAIL FROM:<a@b.example>\r\n")
 
     def test_heloRefused(self):
