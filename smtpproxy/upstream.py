@@ -3,8 +3,11 @@ Deliver one allowed message to the upstream SMTP server and turn what
 happened into the client's final reply (SPEC section 5).
 
 Twisted's L{smtp.ESMTPSenderFactory} does the connection, EHLO (with HELO
-fallback), STARTTLS, AUTH and the reply parsing; L{RelaySender} replaces the
-steps whose stock behaviour is wrong for a proxy (TWISTED-NOTES section 5).
+fallback), STARTTLS, AUTH and the reply parsing; L{UpstreamClient} fixes the
+connection steps whose stock behaviour is wrong for a proxy, and
+L{RelaySender} the steps of a delivery (TWISTED-NOTES section 5).
+L{connect} and L{UpstreamClient} also serve the recipient checks of
+L{smtpproxy.verify}, so both talk to the upstream the same way.
 TLS is all or nothing too: in a TLS mode the message goes only over a
 connection whose certificate was verified, never in clear.  The message
 is kept in wire form (CRLF line ends, dot-stuffed as the client sent it,
@@ -27,19 +30,20 @@ _TLS_FAILED = (SSL.Error, VerificationError)
 _LOGIN_FAILED = (smtp.AUTHRequiredError, smtp.AUTHDeclinedError, smtp.AuthenticationError)
 
 
-class RelaySender(smtp.ESMTPSender):
+class UpstreamClient(smtp.ESMTPSender):
     """
-    Send one message, all or nothing, and report the reply that decided it.
+    The connection steps every conversation with the upstream shares:
+    Twisted's EHLO (HELO fallback), STARTTLS and AUTH, with the fixes a
+    proxy needs; subclasses take over at C{smtpState_from}, once the
+    connection is ready for MAIL FROM.
 
     The outcome is kept until the connection is closed and only then given
     to the factory's Deferred, so the Deferred fires exactly once, after
-    the last byte was exchanged: either C{(code, text)} of the deciding
-    reply (the DATA reply, or a 4xx/5xx refusal), or a failure that means
-    the upstream could not be used.
+    the last byte was exchanged: with C{_outcome} if a subclass set one,
+    else with the first error, else with the reason the connection ended.
     """
 
     _outcome = None
-    _takes8bit = False
 
     def connectionMade(self):
         """
@@ -73,6 +77,41 @@ class RelaySender(smtp.ESMTPSender):
         """
         super().smtpState_helo(code, resp)
         self._failresponse = self.smtpConnectionFailed
+
+    def sendError(self, exc):
+        """
+        Keep the first error for L{connectionLost} and close (QUIT or drop),
+        never reconnect.  The stock code fires the factory's Deferred here,
+        which fails if the outcome was already reported.
+        """
+        if self._outcome is None:
+            self._outcome = Failure(exc)
+        smtp.SMTPClient.sendError(self, exc)
+
+    def connectionLost(self, reason):
+        """
+        Report the outcome, or the reason the connection ended without one
+        (a drop after the final dot included).  Marking the send finished
+        keeps the factory from reporting (or retrying) again.
+        """
+        super().connectionLost(reason)
+        outcome = self._outcome or reason
+        self.factory.sendFinished = True
+        if isinstance(outcome, Failure):
+            self.factory.result.errback(outcome)
+        else:
+            self.factory.result.callback(outcome)
+
+
+class RelaySender(UpstreamClient):
+    """
+    Send one message, all or nothing, and report the reply that decided it:
+    the factory's Deferred fires with C{(code, text)} of the deciding reply
+    (the DATA reply, or a 4xx/5xx refusal), or a failure that means the
+    upstream could not be used.
+    """
+
+    _takes8bit = False
 
     def esmtpState_serverConfig(self, code, resp):
         """
@@ -177,31 +216,6 @@ class RelaySender(smtp.ESMTPSender):
         self._failresponse = self.smtpTransferFailed
         self.sendLine(b".")
 
-    def sendError(self, exc):
-        """
-        Keep the first error for L{connectionLost} and close (QUIT or drop),
-        never reconnect.  The stock code fires the factory's Deferred here,
-        which fails if the outcome was already reported.
-        """
-        if self._outcome is None:
-            self._outcome = Failure(exc)
-        smtp.SMTPClient.sendError(self, exc)
-
-    def connectionLost(self, reason):
-        """
-        Report the outcome, or the reason the connection ended without one
-        (a drop after the final dot included).  Marking the send finished
-        keeps the factory from reporting (or retrying) again.
-        """
-        super().connectionLost(reason)
-        outcome = self._outcome or reason
-        self.factory.sendFinished = True
-        if isinstance(outcome, Failure):
-            self.factory.result.errback(outcome)
-        else:
-            self.factory.result.callback(outcome)
-
-
 def deliver(reactor, upstream, hostname, sender, recipients, data, body=None):
     """
     Send one message to the upstream and say what to answer the client.
@@ -218,14 +232,17 @@ def deliver(reactor, upstream, hostname, sender, recipients, data, body=None):
         with the client's L{replies.Reply}.
     """
     outcome = defer.maybeDeferred(
-        _send, reactor, upstream, hostname, sender, recipients, data, body
+        connect, reactor, upstream, hostname, RelaySender, sender,
+        recipients=recipients, data=data, body=_encoded(body),
     )
-    return outcome.addCallback(_reply).addErrback(_unavailable, upstream)
+    return outcome.addCallback(_reply).addErrback(unavailable, upstream)
 
 
-def _send(reactor, upstream, hostname, sender, recipients, data, body):
+def connect(reactor, upstream, hostname, protocol, sender, recipients=(), data=None,
+            **attributes):
     """
-    Start the connection; return the Deferred L{RelaySender} fires.
+    Start a connection to the upstream; return the Deferred that
+    C{protocol} (an L{UpstreamClient}) fires when the connection ends.
 
     Keyword arguments only: ESMTPSenderFactory's order is a trap.  No
     retries, as a retry after the final dot can duplicate the message.
@@ -238,6 +255,9 @@ def _send(reactor, upstream, hostname, sender, recipients, data, body):
     no context and no C{hostname}, so the stock sender stays plain (given a
     hostname, it upgrades whenever STARTTLS is offered).  Credentials, once
     configured, must be used: an upstream that offers no AUTH fails too.
+
+    @param sender: the envelope sender, sent as given (C{""} is C{<>}).
+    @param attributes: set on the factory, for C{protocol} to read.
     """
     result = defer.Deferred()
     factory = smtp.ESMTPSenderFactory(
@@ -254,10 +274,11 @@ def _send(reactor, upstream, hostname, sender, recipients, data, body):
         requireAuthentication=upstream.username is not None,
         requireTransportSecurity=upstream.tls != "none",
     )
-    # The factory parses fromEmail with smtp.Address; RelaySender sends it raw.
+    # The factory parses fromEmail with smtp.Address; the protocols send it raw.
     factory.fromEmail = sender.encode("utf-8")
-    factory.body = _encoded(body)
-    factory.protocol = RelaySender
+    for name, value in attributes.items():
+        setattr(factory, name, value)
+    factory.protocol = protocol
     factory.domain = hostname.encode("idna")
     factory.noisy = False
     factory.reactor = reactor
@@ -283,13 +304,20 @@ def _encoded(text):
 def _reply(outcome):
     """The client's reply for the upstream's deciding reply (SPEC section 5)."""
     code, resp = outcome
-    text = resp.decode("utf-8", "replace")
     if code in smtp.SUCCESS:
-        return replies.relayed(250, "2.0.0", text)
-    return replies.relayed(code, f"{code // 100}.0.0", text)
+        return replies.relayed(250, "2.0.0", resp.decode("utf-8", "replace"))
+    return refusal(code, resp)
 
 
-def _unavailable(failure, upstream):
+def refusal(code, resp):
+    """
+    The client's reply for an upstream refusal (4xx or 5xx): the same
+    code, the upstream's text made safe, an enhanced code if it has none.
+    """
+    return replies.relayed(code, f"{code // 100}.0.0", resp.decode("utf-8", "replace"))
+
+
+def unavailable(failure, upstream):
     """
     Any failure to use the upstream is temporary for the client (never a
     5xx: the client must retry); the cause goes to the log, once.
