@@ -96,6 +96,9 @@ class ProxyConfig:
         log namespace (what C{--smtplog} writes to its file).
     @ivar log_credentials: show AUTH data in that transcript
         (C{--credentials}).
+    @ivar verify_recipients: ask the upstream about each recipient at RCPT
+        time (L{smtpproxy.verify}).
+    @ivar verify_cache_time: seconds a definite verdict is kept; 0 keeps none.
     """
 
     policy: Policy
@@ -105,3 +108,5 @@ class ProxyConfig:
     limits: Limits = Limits()
     transcript: bool = False
     log_credentials: bool = False
+    verify_recipients: bool = False
+    verify_cache_time: float = 60

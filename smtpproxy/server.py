@@ -2,8 +2,8 @@
 The SMTP server factory: what a listening endpoint needs to serve the proxy.
 
 It holds what all sessions share (the config, the clock, the policy
-client, the upstream delivery, the open sessions and their count per
-address) and builds one L{ProxySession} per connection.  Both the twistd
+client, the upstream delivery, the recipient verdicts, the open sessions
+and their count per address) and builds one L{ProxySession} per connection.  Both the twistd
 plugin and applications that embed the proxy use it through
 L{build_factory}.
 """
@@ -20,6 +20,7 @@ from smtpproxy.metrics import Metrics
 from smtpproxy.policy import PolicyClient
 from smtpproxy.session import ProxySession
 from smtpproxy.transaction import Transaction
+from smtpproxy.verify import RecipientCheck, VerdictCache
 
 log = Logger()
 
@@ -38,6 +39,7 @@ class ProxyFactory(smtp.SMTPFactory):
         self.policy = policy
         self.metrics = Metrics()
         self.connections = ConnectionTable(config.limits, reactor, self.metrics)
+        self.verdicts = VerdictCache(reactor, config.verify_cache_time)
         self.draining = False
         self._numbers = itertools.count(1)
         self._sessions = set()
@@ -110,6 +112,10 @@ class ProxyFactory(smtp.SMTPFactory):
 
     def transaction(self, login, client, helo):
         return Transaction(self, login, client, helo)
+
+    def recipient_check(self, sender):
+        """Ask the upstream about a transaction's recipients (C{--verify_recipients})."""
+        return RecipientCheck(self, sender)
 
     def deliver(self, sender, recipients, data, body=None):
         """Relay one allowed message upstream: a Deferred firing with a Reply."""

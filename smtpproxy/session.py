@@ -8,10 +8,12 @@ TLS, falls out of DATA on a long line and forces the final reply to 250 or
 greeting, the TLS context and STARTTLS capability check, the EHLO extension
 listing, reply formatting and the idle timer.
 
-Input goes through a pull-based L{Framer}: while a message's outcome is
-pending the session stops pulling (and pauses the socket), so a command
-pipelined after the final dot is answered only after the DATA reply, and
-every command gets exactly one reply, in order.  The session is also the
+Input goes through a pull-based L{Framer}: while a reply is pending (a
+message's outcome, or a recipient's verdict from the upstream with
+C{--verify_recipients}) the session stops pulling (and pauses the socket),
+so a command pipelined after the final dot or after such a RCPT is
+answered only after that reply, and every command gets exactly one reply,
+in order.  The session is also the
 transport's push producer of replies: a client that pipelines commands but
 never reads the replies fills the transport's write buffer, the transport
 pauses the session, and the session stops reading until the client reads,
@@ -20,8 +22,8 @@ so such a client cannot make the proxy buffer without bound.
 Timeouts (each a L{Limits} field): C{pretls_timeout} runs from connect to
 the first command inside TLS and is not reset by input, so dribbling bytes
 cannot hold a slot before TLS; C{idle_timeout} then runs per command;
-C{data_timeout} runs from the last bytes received in DATA; while the
-outcome of a message is pending no timer runs at all.  A client that does
+C{data_timeout} runs from the last bytes received in DATA; while a reply
+is pending no timer runs at all.  A client that does
 not read its last reply (421, 221) within C{idle_timeout} is cut off.
 """
 
@@ -73,6 +75,8 @@ class ProxySession(smtp.ESMTP):
         self._framer = Framer(self.limits.max_line_length)
         self.client = None
         self._held = False
+        self._awaiting = None
+        self._pulling = False
         self._blocked = False
         self._handshaking = False
         self._producing = False
@@ -116,6 +120,20 @@ class ProxySession(smtp.ESMTP):
             self._drain()
 
     def _drain(self):
+        """
+        Take input while it can be used.  Only one loop pulls at a time: a
+        reply that was ready at once (a cached verdict) releases the input
+        from inside the loop, which then just goes on.
+        """
+        if self._pulling:
+            return
+        self._pulling = True
+        try:
+            self._pull()
+        finally:
+            self._pulling = False
+
+    def _pull(self):
         while not (self._held or self._blocked or self._closing):
             if self._framer.in_data:
                 piece = self._framer.next_data()
@@ -215,7 +233,7 @@ class ProxySession(smtp.ESMTP):
             self.reply(replies.DOMAIN_REQUIRED)
             return False
         self._helo = (argument, self._helo[1])
-        self._transaction = None
+        self._end_transaction()
         return True
 
     def smtp_STARTTLS(self, argument):
@@ -229,7 +247,8 @@ class ProxySession(smtp.ESMTP):
             self.reply(replies.SERVICE_READY_TLS)
             self._framer.discard()
             self._helo = (None, self._helo[1])
-            self._login = self._transaction = None
+            self._login = None
+            self._end_transaction()
             self._handshaking = True
             self.transport.startTLS(self.ctx)
             self.startedTLS = True
@@ -296,6 +315,8 @@ class ProxySession(smtp.ESMTP):
             return
         if len(self._transaction.recipients) >= self.limits.max_recipients:
             self.reply(replies.TOO_MANY_RECIPIENTS)
+        elif self.factory.config.verify_recipients:
+            self._await(self._transaction.verify(recipient))
         else:
             self._transaction.validateTo(recipient)
             self.reply(replies.RECIPIENT_OK)
@@ -307,7 +328,7 @@ class ProxySession(smtp.ESMTP):
             self.reply(replies.NEED_RECIPIENT)
         else:
             self._message = self._transaction.begin()
-            self._transaction = None
+            self._end_transaction()
             self.reply(replies.START_DATA)
             self._framer.start_data()
             self.setTimeout(self.limits.data_timeout)
@@ -321,17 +342,40 @@ class ProxySession(smtp.ESMTP):
         if piece.end:
             message, self._message = self._message, None
             self._log_input(f"[message data, {message.size} bytes]")
-            self._held = True
-            self._reading()
-            self.setTimeout(None)
-            message.eomReceived().addCallback(self._message_done)
+            self._hold()
+            message.eomReceived().addCallback(self._resume)
 
     @property
     def delivering(self):
-        """Whether the client is sending a message or waits for its outcome."""
+        """
+        Whether the client is sending a message or waits for a reply (a
+        message's outcome, a recipient's verdict).
+        """
         return self._held or self._message is not None
 
-    def _message_done(self, reply):
+    def _hold(self):
+        """Take no input and run no timer until L{_resume}."""
+        self._held = True
+        self._reading()
+        self.setTimeout(None)
+
+    def _await(self, deferred):
+        """
+        Answer the current command with the L{replies.Reply} that
+        C{deferred} fires with (it never fails), holding the commands
+        after it until then.  If the client goes first, C{deferred} is
+        cancelled and nothing is sent.
+        """
+        self._hold()
+        self._awaiting = deferred
+        deferred.addCallback(self._awaited)
+
+    def _awaited(self, reply):
+        self._awaiting = None
+        self._resume(reply)
+
+    def _resume(self, reply):
+        """Send the reply that held the input, then take input again."""
         self.reply(reply)
         self._held = False
         if self._closing or self.factory.draining:
@@ -341,11 +385,17 @@ class ProxySession(smtp.ESMTP):
         self._reading()
         self._drain()
 
+    def _end_transaction(self):
+        """Drop the transaction, if any, and the upstream connection its recipient checks used."""
+        if self._transaction is not None:
+            self._transaction.end()
+            self._transaction = None
+
     def smtp_RSET(self, argument):
         if argument:
             self.reply(replies.NO_ARGUMENT_ALLOWED)
         else:
-            self._transaction = None
+            self._end_transaction()
             self.reply(replies.RESET_OK)
 
     def smtp_NOOP(self, argument):
@@ -392,7 +442,7 @@ class ProxySession(smtp.ESMTP):
         The proxy is stopping (SPEC section 6: transactions in flight are
         finished).  A client in the middle of DATA may send the rest, and
         it and a client waiting for its message's outcome get that outcome
-        first (L{_message_done} comes back here); the drain timeout cuts
+        first (L{_resume} comes back here); the drain timeout cuts
         off one that takes too long, which was never told 250, so nothing
         is lost.  Any other client gets C{421 4.3.2} now and is closed.
         """
@@ -429,6 +479,11 @@ class ProxySession(smtp.ESMTP):
         if self._message is not None:
             self._message.connectionLost()
             self._message = None
+        if self._awaiting is not None:
+            awaiting, self._awaiting = self._awaiting, None
+            awaiting.addErrback(lambda failure: None)
+            awaiting.cancel()
+        self._end_transaction()
         super().connectionLost(reason)
 
 

@@ -51,6 +51,7 @@ class Transaction:
         self.sender = None
         self.body = None
         self.recipients = []
+        self._check = None
 
     def receivedHeader(self, helo, origin, recipients):
         """The proxy adds no trace header: the upstream does (SPEC section 4)."""
@@ -67,6 +68,30 @@ class Transaction:
     def begin(self):
         """The one L{Message} for all recipients (TWISTED-NOTES fight B)."""
         return Message(self)
+
+    def verify(self, recipient):
+        """
+        Ask the upstream about C{recipient} (C{--verify_recipients}); it
+        joins the envelope only if accepted.  A Deferred firing with the
+        client's reply; it never fails.
+        """
+        if self._check is None:
+            self._check = self.services.recipient_check(self.sender)
+        return self._check.ask(recipient).addCallback(self._verified, recipient)
+
+    def _verified(self, reply, recipient):
+        if reply == replies.RECIPIENT_OK:
+            self.validateTo(recipient)
+        return reply
+
+    def end(self):
+        """
+        The envelope is complete or abandoned: close the upstream connection
+        the recipient checks used, if any.
+        """
+        if self._check is not None:
+            self._check.close()
+            self._check = None
 
 
 class Message:

@@ -33,7 +33,11 @@ class Stack:
     @ivar client_tls: client TLS options that trust the proxy's certificate.
     """
 
-    def __init__(self, reactor, directory, limits=Limits(), api_timeout=5, upstream_timeout=5):
+    def __init__(self, reactor, directory, limits=Limits(), api_timeout=5, upstream_timeout=5,
+                 **config):
+        """
+        @param config: further L{ProxyConfig} fields, such as C{verify_recipients=True}.
+        """
         os.makedirs(directory)
         certs = make_certificates(directory)
         self.reactor = reactor
@@ -46,6 +50,7 @@ class Stack:
             tls=server_options(certs),
             hostname="proxy.test",
             limits=limits,
+            **config,
         )
         self.factory = build_factory(self.config, reactor)
         self._proxy = listen_loopback(reactor, self.factory)

@@ -103,7 +103,11 @@ class FakeUpstream:
     @ivar port: the TCP port.
     @ivar hostname: the name in the greeting and the EHLO reply.
     @ivar messages: every L{ReceivedMessage}, in order (including one whose reply was dropped).
+    @ivar commands: per connection, in the order they were accepted, the command lines it
+        received (message data and AUTH continuation lines left out), so a test sees what each one
+        carried: C{[[b"EHLO proxy.test", b"MAIL FROM:<a@b.example>", ...], ...]}.
     @ivar rcpt_refusals, data_reply, drop_after_data: the script; may change between messages.
+    @ivar sender_refusals: address -> (code, text) for MAIL FROM, like C{rcpt_refusals}.
     @ivar scripts: first recipient -> L{Script}: that message's own script instead of
         C{data_reply}, C{drop_after_data} and L{stall}, so concurrent messages can each meet
         a different fault.  Its stall applies from the recipients on, at C{"DATA"} or
@@ -117,7 +121,9 @@ class FakeUpstream:
         self, reactor, rcpt_refusals, data_reply, drop_after_data, tls, implicit_tls, logins, hostname
     ):
         self.messages = []
+        self.commands = []
         self.rcpt_refusals = dict(rcpt_refusals or {})
+        self.sender_refusals = {}
         self.data_reply = data_reply
         self.drop_after_data = drop_after_data
         self.hostname = hostname
@@ -230,6 +236,8 @@ class _Session(smtp.ESMTP):
         self._held = None
         self._greeted = False
         self._transaction = None
+        self._commands = []
+        upstream.commands.append(self._commands)
 
     def greeting(self):
         return self.host + b" ESMTP fake upstream"
@@ -252,6 +260,8 @@ class _Session(smtp.ESMTP):
             self._held = [line]
             self._upstream._hold(self)  # last: the test may release us from in here
         else:
+            if self.mode == smtp.COMMAND:
+                self._commands.append(line)
             super().lineReceived(line)
 
     def _step(self, line):
@@ -335,6 +345,9 @@ class _Transaction:
             raise smtp.SMTPServerError(530, "5.7.0 Authentication required")
         self.helo = helo[0].decode("ascii", "replace") if helo[0] else None
         self.sender = str(origin)
+        refusal = self.upstream.sender_refusals.get(self.sender)
+        if refusal is not None:
+            raise smtp.SMTPServerError(*refusal)  # str text, as for SMTPBadRcpt
         return origin
 
     def validateTo(self, user):
