@@ -45,6 +45,16 @@ REPLIES AFTER THE FINAL DOT
     550 5.6.0                     the message contained a bare CR or LF
     552 5.3.4                     the message or its header block was too big
 
+RECIPIENT CHECKS (--verify_recipients)
+    Each RCPT is put to the upstream at once (MAIL FROM with the client's
+    sender, RCPT TO; never DATA on that connection); its refusal is the
+    client's answer to that RCPT, so only that address fails.  One upstream
+    connection serves a whole transaction.
+    250 2.1.5                     the upstream accepted the recipient
+    4xx/5xx <upstream text>       the upstream refused it (or the sender)
+    451 4.4.1                     the upstream could not be asked
+    Accepted and 5xx verdicts are reused for --verify_cache_time seconds.
+
 SIGNALS
     SIGTERM  stop listening, answer idle clients 421 4.3.2, finish the
              messages in flight (a client in the middle of DATA may send the

@@ -119,6 +119,8 @@ class Options(usage.Options):
 
     optFlags = [
         ["credentials", None, "Show AUTH data in the smtplog (exposes passwords)."],
+        ["verify_recipients", None,
+         "Ask the upstream about each recipient at RCPT time and relay its refusal there."],
     ]
     optParameters = [
         ["user", None, None, "Drop privileges to this user after start."],
@@ -130,6 +132,9 @@ class Options(usage.Options):
         ["api_timeout", None, 30.0, "Seconds for one whole API exchange.", float],
         ["api_ca", None, None, "CA bundle for an https API [default: system store]."],
         ["upstream_timeout", None, 60.0, "Seconds per upstream step.", float],
+        ["verify_cache_time", None, 60.0,
+         "Seconds a --verify_recipients verdict (accepted, or refused 5xx) is reused; 0: never.",
+         float],
         ["upstream_tls", None, "none", "TLS toward the upstream: none, starttls or tls (implicit)."],
         ["upstream_ca", None, None, "CA bundle for the upstream's certificate [default: system store]."],
         ["upstream_user", None, None, "Log in to the upstream (AUTH) as this user; needs upstream TLS."],
@@ -238,6 +243,8 @@ def config_from(options):
         ),
         transcript=options["smtplog"] is not None,
         log_credentials=options["credentials"],
+        verify_recipients=bool(options["verify_recipients"]),
+        verify_cache_time=options["verify_cache_time"],
         **hostname,
     )
 

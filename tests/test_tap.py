@@ -116,6 +116,13 @@ class OptionsTests(SynchronousTestCase):
         options = self.parse(self.arguments(upstream_timeout=7))
         self.assertEqual(tap.config_from(options).upstream.connect_timeout, 7)
 
+    def test_recipient_checks(self):
+        config = tap.config_from(self.parse(self.arguments()))
+        self.assertEqual((config.verify_recipients, config.verify_cache_time), (False, 60))
+        options = self.parse(self.arguments(verify_cache_time=5) + ["--verify_recipients"])
+        config = tap.config_from(options)
+        self.assertEqual((config.verify_recipients, config.verify_cache_time), (True, 5))
+
     def test_bad_loglevel(self):
         line, _ = self.failure(self.arguments(loglevel="loud"))
         self.assertIn("--loglevel must be one of debug, info, warn, error, fatal", line)
