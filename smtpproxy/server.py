@@ -3,9 +3,9 @@ The SMTP server factory: what a listening endpoint needs to serve the proxy.
 
 It holds what all sessions share (the config, the clock, the policy
 client, the upstream delivery, the recipient verdicts, the open sessions
-and their count per address) and builds one L{ProxySession} per connection.  Both the twistd
-plugin and applications that embed the proxy use it through
-L{build_factory}.
+and their count per address) and builds one L{ProxySession} per
+connection.  Both the twistd plugin and applications that embed the proxy
+use it through L{build_factory}.
 """
 
 import itertools

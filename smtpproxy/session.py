@@ -13,18 +13,18 @@ message's outcome, or a recipient's verdict from the upstream with
 C{--verify_recipients}) the session stops pulling (and pauses the socket),
 so a command pipelined after the final dot or after such a RCPT is
 answered only after that reply, and every command gets exactly one reply,
-in order.  The session is also the
-transport's push producer of replies: a client that pipelines commands but
-never reads the replies fills the transport's write buffer, the transport
-pauses the session, and the session stops reading until the client reads,
-so such a client cannot make the proxy buffer without bound.
+in order.  The session is also the transport's push producer of replies:
+a client that pipelines commands but never reads the replies fills the
+transport's write buffer, the transport pauses the session, and the
+session stops reading until the client reads, so such a client cannot
+make the proxy buffer without bound.
 
 Timeouts (each a L{Limits} field): C{pretls_timeout} runs from connect to
 the first command inside TLS and is not reset by input, so dribbling bytes
 cannot hold a slot before TLS; C{idle_timeout} then runs per command;
 C{data_timeout} runs from the last bytes received in DATA; while a reply
-is pending no timer runs at all.  A client that does
-not read its last reply (421, 221) within C{idle_timeout} is cut off.
+is pending no timer runs at all.  A client that does not read its last
+reply (421, 221) within C{idle_timeout} is cut off.
 """
 
 import ipaddress
@@ -386,7 +386,10 @@ class ProxySession(smtp.ESMTP):
         self._drain()
 
     def _end_transaction(self):
-        """Drop the transaction, if any, and the upstream connection its recipient checks used."""
+        """
+        Drop the transaction, if any, and with it the upstream connection
+        its recipient checks used.
+        """
         if self._transaction is not None:
             self._transaction.end()
             self._transaction = None

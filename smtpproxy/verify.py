@@ -100,8 +100,8 @@ class RecipientCheck:
         self._recipient = None
         self._asked = None
         self._client = None
-        self._connecting = False
-        self._verdict = None
+        self._connected = False  # a connection is open, or being opened
+        self._verdict = None  # the answer to every later question, once there is one
         self.closed = False
 
     def ask(self, recipient):
@@ -120,7 +120,7 @@ class RecipientCheck:
         self._asked = defer.Deferred(lambda _: self._forget())
         if self._client is not None:
             self._client.ask(recipient)
-        elif not self._connecting:
+        elif not self._connected:
             self._connect()
         return self._asked
 
@@ -132,7 +132,7 @@ class RecipientCheck:
             self._client.quit()
 
     def _connect(self):
-        self._connecting = True
+        self._connected = True
         services = self._services
         ended = upstream.connect(
             services.reactor, services.config.upstream, services.config.hostname,
@@ -170,7 +170,7 @@ class RecipientCheck:
         with a question open, the upstream cannot be asked (logged once).
         """
         self._client = None
-        self._connecting = False
+        self._connected = False
         if self._asked is not None:
             self._verdict = upstream.unavailable(failure, self._services.config.upstream)
             self._answer(self._verdict)

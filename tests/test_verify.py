@@ -5,13 +5,19 @@ scripted to refuse chosen recipients (or senders) at RCPT (MAIL); and the verdic
 a clock.
 """
 
+import os
+from types import SimpleNamespace
+
 from twisted.internet import defer, reactor, task
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import TestCase
 
-from smtpproxy import replies
-from smtpproxy.verify import VerdictCache
+from smtpproxy import Upstream, replies
+from smtpproxy.verify import RecipientCheck, VerdictCache
+from tests.support.certs import make_certificates, server_options, trust_root
 from tests.support.client import data_block
 from tests.support.stack import Stack
+from tests.support.upstream import start_upstream
 
 MESSAGE = b"From: alice@example.com\r\nSubject: hi\r\n\r\nHello.\r\n"
 UNKNOWN = (550, "5.1.1 <carol@example.org>: Recipient address rejected: User unknown")
@@ -35,6 +41,15 @@ class VerifyTestCase(TestCase):
     def carrying(self, line):
         """The upstream connections that received C{line}, as their command lists."""
         return [commands for commands in self.upstream.commands if line in commands]
+
+    @defer.inlineCallbacks
+    def asking(self):
+        """A client whose MAIL and RCPT for bob are in, with the upstream stalled at that RCPT."""
+        stalled = self.upstream.stall("RCPT")
+        client = yield self.stack.session()
+        client.send(b"MAIL FROM:<alice@example.com>\r\n" + rcpt(b"bob@example.net") + b"\r\n")
+        yield stalled
+        return client
 
     @defer.inlineCallbacks
     def finish(self, client):
@@ -202,16 +217,25 @@ class UnavailableTests(VerifyTestCase):
     @defer.inlineCallbacks
     def test_client_gone_while_asking_closes_the_check(self):
         """The pending verdict is dropped and the checking connection ends."""
-        stalled = self.upstream.stall("RCPT")
-        client = yield self.stack.session()
-        client.send(b"MAIL FROM:<alice@example.com>\r\n" + rcpt(b"bob@example.net") + b"\r\n")
-        yield stalled
+        client = yield self.asking()
         yield client.close()
         self.upstream.release()
         yield self.upstream.wait_idle()
         (commands,) = self.upstream.commands
         self.assertEqual(commands[-2:], [rcpt(b"bob@example.net"), b"QUIT"])
         self.assertEqual(self.upstream.messages, [])
+
+    @defer.inlineCallbacks
+    def test_draining_answers_the_pending_rcpt_then_closes(self):
+        client = yield self.asking()
+        drained = self.stack.factory.drain(30)
+        self.upstream.release()
+        answers = yield client.replies(3)
+        self.assertEqual([str(r) for r in answers[1:]],
+                         ["250 2.1.5 Recipient OK", str(replies.SHUTTING_DOWN.code) + " "
+                          + replies.SHUTTING_DOWN.text])
+        yield client.wait_closed()
+        yield drained
 
 
 class OffTests(VerifyTestCase):
@@ -230,3 +254,79 @@ class OffTests(VerifyTestCase):
         yield client.close()
         self.assertEqual(self.upstream.messages, [])
 
+
+
+class CheckingConnectionTests(TestCase):
+    """
+    L{RecipientCheck} alone against the recording upstream: the connection steps it shares
+    with the delivery (STARTTLS, AUTH), its timeout, and a connection lost while idle.
+    """
+
+    timeout = 10
+
+    def setUp(self):
+        directory = self.mktemp()
+        os.mkdir(directory)
+        self.certs = make_certificates(directory)
+
+    def check(self, timeout=10, **settings):
+        logins = {"ann": "pw"} if "username" in settings else None
+        fake = start_upstream(reactor, tls=server_options(self.certs), logins=logins,
+                              rcpt_refusals={"carol@example.org": UNKNOWN})
+        self.addCleanup(fake.close)
+        config = Upstream(host="127.0.0.1", port=fake.port, timeout=timeout,
+                          trust_root=trust_root(self.certs), **settings)
+        services = SimpleNamespace(
+            reactor=reactor, config=SimpleNamespace(upstream=config, hostname="proxy.test"),
+            verdicts=VerdictCache(reactor, 0))
+        return fake, RecipientCheck(services, "alice@example.com")
+
+    @defer.inlineCallbacks
+    def test_over_starttls_with_login(self):
+        fake, check = self.check(tls="starttls", username="ann", password="pw")
+        bob = yield check.ask("bob@example.net")
+        carol = yield check.ask("carol@example.org")
+        self.assertEqual((bob, carol), (replies.RECIPIENT_OK, replies.Reply(*UNKNOWN)))
+        check.close()
+        yield fake.wait_idle()
+        (commands,) = fake.commands
+        self.assertEqual(commands[1:3], [b"STARTTLS", b"EHLO proxy.test"])
+        self.assertTrue(commands[3].startswith(b"AUTH "))
+        self.assertEqual(commands[4:], [b"MAIL FROM:<alice@example.com>",
+                                        rcpt(b"bob@example.net"), rcpt(b"carol@example.org"),
+                                        b"QUIT"])
+
+    @defer.inlineCallbacks
+    def test_refused_login_is_451_and_an_error(self):
+        fake, check = self.check(tls="starttls", username="ann", password="wrong")
+        with capturedLogs() as logged:
+            reply = yield check.ask("bob@example.net")
+        self.assertEqual(reply, replies.UPSTREAM_UNAVAILABLE)
+        [event] = logged
+        self.assertEqual(event["log_level"], LogLevel.error)
+        self.assertNotIn("wrong", formatEvent(event) + repr(event))
+
+    @defer.inlineCallbacks
+    def test_silent_upstream_times_out(self):
+        fake, check = self.check(timeout=0.3)
+        stalled = fake.stall("RCPT")
+        with capturedLogs() as logged:
+            asked = check.ask("bob@example.net")
+            yield stalled
+            reply = yield asked
+        self.assertEqual(reply, replies.UPSTREAM_UNAVAILABLE)
+        self.assertIn("Timeout", formatEvent(logged[0]))
+        again = yield check.ask("dave@example.net")
+        self.assertEqual(again, replies.UPSTREAM_UNAVAILABLE)
+        self.assertEqual(fake.connections, 1)
+
+    @defer.inlineCallbacks
+    def test_connection_lost_while_idle_is_opened_again(self):
+        fake, check = self.check()
+        yield check.ask("bob@example.net")
+        check._client.transport.abortConnection()
+        yield fake.wait_idle()
+        reply = yield check.ask("dave@example.net")
+        self.assertEqual((reply, fake.connections), (replies.RECIPIENT_OK, 2))
+        check.close()
+        yield fake.wait_idle()
