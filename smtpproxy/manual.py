@@ -58,8 +58,10 @@ RECIPIENT CHECKS (--verify_recipients)
 SIGNALS
     SIGTERM  stop listening, answer idle clients 421 4.3.2, finish the
              messages in flight (a client in the middle of DATA may send the
-             rest) for up to --drain_timeout, then exit 0.  A second SIGTERM
-             exits at once.
+             rest) for up to --drain_timeout, then exit 0.  A message whose
+             final dot went upstream is waited for (--upstream_timeout at
+             most), never cut off.  SIGHUP and SIGUSR1 keep working while
+             draining; a second SIGTERM (or SIGINT) ends the drain at once.
     SIGHUP   re-read --tls_cert and --tls_key for new connections; an
              unusable pair is logged and the old one kept.
     SIGUSR1  reopen --logpath and --smtplog at their paths (log rotation).

@@ -84,7 +84,7 @@ class ProxyFactory(smtp.SMTPFactory):
         C{421}.  Call it once, after the listeners have stopped.
 
         @param timeout: seconds to wait for those messages; sessions still
-            waiting then are cut off without a reply.
+            waiting then are cut off without a reply (see L{cut_off}).
         @return: a Deferred that fires once every session has gone.
         """
         self.draining = True
@@ -99,16 +99,32 @@ class ProxyFactory(smtp.SMTPFactory):
             session.shut_down()
         if not self._sessions:
             self._drained.callback(None)
-        cutoff = self.reactor.callLater(timeout, self._cut_off)
+        cutoff = self.reactor.callLater(timeout, self.cut_off)
         return self._drained.addBoth(_cancelling, cutoff)
 
-    def _cut_off(self):
+    def cut_off(self, everything=False):
+        """
+        End the drain: drop the sessions still waiting, without a reply;
+        their messages are withdrawn before the final dot goes upstream.
+        A message whose final dot did go is waited for, unless
+        C{everything}: the upstream may be storing it, and a client cut off
+        then would send it again; its reply comes within
+        C{--upstream_timeout}, which bounds the upstream's every step.
+
+        @param everything: cut off those too (a second SIGTERM: the
+            operator wants the process gone now).
+        """
+        committed = [] if everything else [s for s in self._sessions if s.committed]
         log.warn(
-            "drain timeout: cutting off {count} session(s) still waiting for their message",
-            count=len(self._sessions),
+            "{why}: cutting off {count} session(s) without a reply; waiting up to {timeout} s "
+            "for {committed} message(s) whose final dot went upstream",
+            why="drain ended early" if everything else "drain timeout",
+            count=len(self._sessions) - len(committed), committed=len(committed),
+            timeout=self.config.upstream.timeout,
         )
         for session in list(self._sessions):
-            session.transport.abortConnection()
+            if session not in committed:
+                session.cut_off()
 
     def transaction(self, login, client, helo):
         return Transaction(self, login, client, helo)

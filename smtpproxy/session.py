@@ -85,6 +85,7 @@ class ProxySession(smtp.ESMTP):
         self._auth = None
         self._transaction = None
         self._message = None
+        self._pending = None
 
     # Output.
 
@@ -340,10 +341,11 @@ class ProxySession(smtp.ESMTP):
         else:
             self._message.dataReceived(piece.data)
         if piece.end:
-            message, self._message = self._message, None
+            message = self._pending = self._message
+            self._message = None
             self._log_input(f"[message data, {message.size} bytes]")
             self._hold()
-            message.eomReceived().addCallback(self._resume)
+            message.eomReceived().addCallback(self._message_done)
 
     @property
     def delivering(self):
@@ -352,6 +354,11 @@ class ProxySession(smtp.ESMTP):
         message's outcome, a recipient's verdict).
         """
         return self._held or self._message is not None
+
+    @property
+    def committed(self):
+        """Whether the upstream may have the message whose outcome the client waits for."""
+        return self._pending is not None and self._pending.committed
 
     def _hold(self):
         """Take no input and run no timer until L{_resume}."""
@@ -372,6 +379,10 @@ class ProxySession(smtp.ESMTP):
 
     def _awaited(self, reply):
         self._awaiting = None
+        self._resume(reply)
+
+    def _message_done(self, reply):
+        self._pending = None
         self._resume(reply)
 
     def _resume(self, reply):
@@ -452,6 +463,16 @@ class ProxySession(smtp.ESMTP):
         if not (self.delivering or self._closing):
             self.reply(replies.SHUTTING_DOWN)
             self._close()
+
+    def cut_off(self):
+        """
+        The drain is over: drop the connection without a reply, and the
+        message waiting for its outcome with it, which stops before its
+        final dot goes upstream (the client will send it again).
+        """
+        if self._pending is not None:
+            self._pending.withdraw()
+        self.transport.abortConnection()
 
     def _close(self):
         """

@@ -259,13 +259,18 @@ class ProxyService(MultiService):
     The drain is twistd's ordinary shutdown: twistd stops the application
     in a "before shutdown" trigger, and the reactor waits for the Deferred
     L{stopService} returns before it stops (Twisted 26.10,
-    C{twisted.internet.base._ThreePhaseEvent.fireEvent}).  SIGTERM is caught
-    here instead of by the reactor because the reactor's handler records
-    the signal, and twistd then kills itself with it once the reactor has
-    stopped (C{twisted.scripts.twistd.run}, C{app._exitWithSignal}): the
-    exit status would not be 0.  A second SIGTERM would only log
-    C{ReactorNotRunning}; here it gets the system's default action, so it
-    ends the process at once.
+    C{twisted.internet.base._ThreePhaseEvent.fireEvent}).  SIGTERM (and SIGINT)
+    are caught here instead of by the reactor because the reactor's handler
+    records the signal, and twistd then kills itself with it once the
+    reactor has stopped (C{twisted.scripts.twistd.run},
+    C{app._exitWithSignal}): the exit status would not be 0.
+
+    The handlers stay for the whole drain: a certificate reload hook or
+    logrotate's SIGUSR1 landing during a restart must not kill a process
+    that holds messages past their final dot (each would then be delivered
+    twice: the upstream has it, the client never heard).  SIGHUP and
+    SIGUSR1 keep working; a second SIGTERM or SIGINT ends the drain at once
+    (L{smtpproxy.server.ProxyFactory.cut_off}), with a log line.
 
     @param reactor: the reactor, to stop and to run signal work in.
     @param drain_timeout: seconds the drain waits for messages in flight.
@@ -281,7 +286,8 @@ class ProxyService(MultiService):
         self._reactor = reactor
         self.log_files = log_files
         self._catching = False
-        self._previous_hangup = self._previous_user1 = None
+        self._stopping = False
+        self._previous = {}
 
     def setServiceParent(self, parent):
         super().setServiceParent(parent)
@@ -302,12 +308,12 @@ class ProxyService(MultiService):
         if not self.running:
             return
         self._catching = True
-        signal.signal(signal.SIGTERM, self._terminate)
-        self._previous_hangup = signal.signal(signal.SIGHUP, self._hangup)
-        self._previous_user1 = signal.signal(signal.SIGUSR1, self._user1)
+        for number, handler in _HANDLERS.items():
+            self._previous[number] = signal.signal(number, getattr(self, handler))
         log.info(
-            "running: SIGTERM drains (at most {timeout} s), SIGHUP reloads the TLS certificate, "
-            "SIGUSR1 reopens the log files",
+            "running: SIGTERM drains (at most {timeout} s, longer for messages whose final "
+            "dot went upstream; a second SIGTERM ends it), SIGHUP reloads the TLS "
+            "certificate, SIGUSR1 reopens the log files",
             timeout=self.drain_timeout,
         )
 
@@ -316,8 +322,17 @@ class ProxyService(MultiService):
         Signal handlers interrupt the reactor anywhere, so the work is
         handed to it (as Twisted's own handlers do).
         """
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        self._reactor.callFromThread(self._reactor.stop)
+        self._reactor.callFromThread(self._stop, signal.Signals(number).name)
+
+    def _stop(self, name):
+        """The first SIGTERM or SIGINT drains; another ends the drain now."""
+        if not self._stopping:
+            self._stopping = True
+            log.info("{signal}: draining", signal=name)
+            self._reactor.stop()
+        else:
+            log.warn("{signal} again: ending the drain now", signal=name)
+            self.factory.cut_off(everything=True)
 
     def _hangup(self, number, frame):
         self._reactor.callFromThread(self.factory.config.tls.reload)
@@ -340,15 +355,27 @@ class ProxyService(MultiService):
         Stop listening, drain the sessions, then close the shared clients;
         the Deferred fires when all is done.
         """
-        if self._catching:
-            self._catching = False
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGHUP, self._previous_hangup)
-            signal.signal(signal.SIGUSR1, self._previous_user1)
+        self._stopping = True
         stopped = super().stopService()
         stopped.addBoth(lambda _: self.factory.drain(self.drain_timeout))
         stopped.addBoth(lambda _: self.factory.close())
-        return stopped
+        return stopped.addBoth(self._release_signals)
+
+    def _release_signals(self, result):
+        """Give the signals back once the drain is over (an embedding application's)."""
+        if self._catching:
+            self._catching = False
+            for number, previous in self._previous.items():
+                signal.signal(number, previous)
+        return result
+
+
+_HANDLERS = {
+    signal.SIGTERM: "_terminate",
+    signal.SIGINT: "_terminate",
+    signal.SIGHUP: "_hangup",
+    signal.SIGUSR1: "_user1",
+}
 
 
 def _open(path):

@@ -116,6 +116,8 @@ class Message:
         self._decision = None
         self._outcome = "refused"
         self._api_time = None
+        self._upstream_data = None
+        self._withdrawn = False
 
     def dataReceived(self, data):
         """Take the next piece of the message."""
@@ -184,6 +186,8 @@ class Message:
         return done.addCallback(self._finished)
 
     def _decided(self, decision):
+        if self._withdrawn:
+            return replies.SHUTTING_DOWN
         if not decision.allowed:
             unavailable = decision.reply == replies.POLICY_UNAVAILABLE
             self._outcome = "unavailable" if unavailable else "deny"
@@ -191,7 +195,7 @@ class Message:
         self._outcome = "allow"
         self._spool.seek(0)
         head = self._block.rewrite(decision.headers) + self._separator
-        data = _Concatenation(head, self._spool)
+        data = self._upstream_data = _Concatenation(head, self._spool)
         t = self.transaction
         sender = t.sender if decision.sender is None else decision.sender
         return t.services.deliver(sender, t.recipients, data, t.body)
@@ -225,6 +229,26 @@ class Message:
         )
         return reply
 
+    @property
+    def committed(self):
+        """
+        Whether the upstream may have the whole message (its final dot was
+        sent): from then on only the upstream's reply or its timeout may end
+        the delivery, or the message could arrive while the client retries.
+        """
+        return self._upstream_data is not None and self._upstream_data.exhausted
+
+    def withdraw(self):
+        """
+        Give up on a message that is not L{committed}: a delivery under way
+        stops before the final dot, and one the API has yet to allow never
+        starts, so the client, which never hears an outcome, can send it
+        again without a duplicate.
+        """
+        self._withdrawn = True
+        if self._upstream_data is not None:
+            self._upstream_data.withdrawn = True
+
     def connectionLost(self):
         """The client is gone or the message was refused: drop everything."""
         if self._decision is not None:
@@ -234,13 +258,30 @@ class Message:
 
 
 class _Concatenation:
-    """A read-only file of a byte string followed by a file: what goes upstream."""
+    """
+    A read-only file of a byte string followed by a file: what goes upstream.
+
+    The upstream sender ends the data with the final dot as soon as a read
+    comes back empty, so C{exhausted} says whether the upstream may have
+    the whole message.  Once C{withdrawn}, reads never come back empty:
+    the sender drops the connection at its next chunk
+    (L{smtpproxy.upstream.RelaySender.transformChunk}), so that dot is
+    never sent.
+    """
 
     def __init__(self, head, rest):
         self._head = io.BytesIO(head)
         self._rest = rest
+        self.exhausted = False
+        self.withdrawn = False
 
     def read(self, size=-1):
+        if self.withdrawn:
+            return b"\r\n"
         if size < 0:
-            return self._head.read() + self._rest.read()
-        return self._head.read(size) or self._rest.read(size)
+            chunk = self._head.read() + self._rest.read()
+        else:
+            chunk = self._head.read(size) or self._rest.read(size)
+        self.exhausted = not chunk
+        return chunk
+

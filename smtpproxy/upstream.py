@@ -203,8 +203,15 @@ class RelaySender(UpstreamClient):
         Send the data unchanged: it is already in wire form.  The stock
         transform converts LF to CRLF and stuffs dots chunk by chunk,
         missing a dot at the start of the data or of a chunk (fight D).
+
+        A message withdrawn meanwhile (its client was cut off, see
+        L{smtpproxy.transaction.Message.withdraw}) ends here, before its
+        final dot: the connection is dropped and nothing more is sent.
         """
         self.resetTimeout()
+        if getattr(self.factory.file, "withdrawn", False):
+            self._outcome = Failure(smtp.SMTPClientError(-1, b"message withdrawn"))
+            self.transport.abortConnection()
         return chunk
 
     def finishedFileTransfer(self, lastsent):

@@ -26,13 +26,14 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from smtpproxy import tap
 from tests.support.api import start_api
 from tests.support.certs import client_options, make_certificates
-from tests.support.client import connect, data_block, send_mail
+from tests.support.client import connect, data_block, send_mail, start_data
 from tests.support.stack import PASSWORD, USER, Stack, allow
 from tests.support.twistd import ChildProcess, free_port, twistd_command, twistd_environment
 from tests.support.upstream import END_OF_DATA, start_upstream
 from tests.test_session import QUEUED, SessionTestCase, TLSStringTransport
 
 SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
+HELD = 20
 MESSAGE = b"Subject: drain\r\n\r\nbody\r\n"
 
 
@@ -144,6 +145,24 @@ class EndToEndDrainTests(TestCase):
         self.assertEqual(len(upstream.messages), 1)
 
 
+    @defer.inlineCallbacks
+    def test_cut_off_withdraws_a_delivery_before_its_final_dot(self):
+        """The client hears nothing and sends again: the upstream must not have it."""
+        upstream = self.stack.upstream
+        sender = yield self.stack.session()
+        reached = upstream.stall("DATA")
+        yield start_data(sender, b"alice@example.com", b"bob@example.net")
+        sender.send(data_block(MESSAGE))
+        yield reached
+        drained = self.stack.factory.drain(30)
+        self.stack.factory.cut_off()
+        yield sender.wait_closed()
+        yield drained
+        upstream.release()
+        yield upstream.wait_idle()
+        self.assertEqual(upstream.messages, [])
+
+
 class _Listener(Service):
     """Stands for a listening port whose stop takes a while."""
 
@@ -201,7 +220,7 @@ class TwistdTests(TestCase):
         self.upstream = start_upstream(reactor)
         self.addCleanup(self.upstream.close)
 
-    def start(self):
+    def start(self, *extra):
         """Start twistd; a Deferred firing with its L{ChildProcess} once it runs."""
         self.port = free_port()
         twistd = ChildProcess()
@@ -211,7 +230,7 @@ class TwistdTests(TestCase):
                 "smtpproxy", f"--listen=127.0.0.1:{self.port}",
                 "--tohost=127.0.0.1", f"--toport={self.upstream.port}", f"--api={self.api.url}",
                 f"--tls_cert={self.certs.cert_path}", f"--tls_key={self.certs.key_path}",
-                "--hostname=proxy.test"),
+                "--hostname=proxy.test", *extra),
             env=twistd_environment(), path=self.directory,
         )
         self.addCleanup(lambda: twistd.ended.called or self.process.signalProcess("KILL"))
@@ -251,14 +270,71 @@ class TwistdTests(TestCase):
         self.assertEqual(len(self.upstream.messages), 1)
 
     @defer.inlineCallbacks
-    def test_second_sigterm_exits_at_once(self):
+    def test_second_sigterm_ends_the_drain_at_once(self):
         twistd = yield self.start()
         sending, held = self.send_held(client_options(self.certs))
         yield held
         self.process.signalProcess("TERM")
         yield twistd.logged("draining")
-        self.process.signalProcess("TERM")
+        self.process.signalProcess("INT")
+        yield twistd.logged("SIGINT again: ending the drain now")
+        yield self.assertFailure(sending, ConnectionLost)  # no reply: cut off
         ended = yield twistd.ended
-        self.assertIsInstance(ended, ProcessTerminated, twistd.log)
-        self.assertEqual(ended.signal, signal.SIGTERM)
-        yield self.assertFailure(sending, ConnectionLost)  # no reply, no TLS close: killed
+        self.assertIsInstance(ended, ProcessDone, twistd.log)
+        self.assertIn("drain ended early: cutting off 1 session(s)", twistd.log)
+
+    @defer.inlineCallbacks
+    def test_sighup_and_sigusr1_during_the_drain_lose_nothing(self):
+        """
+        A certificate reload hook or logrotate signalling during a restart: every message
+        held at its final dot gets its real reply, and arrives once.
+        """
+        twistd = yield self.start()
+        held = self.upstream.stall(END_OF_DATA, count=HELD)
+        sending = [
+            send_mail(reactor, self.port, client_options(self.certs), USER, PASSWORD,
+                      "alice@example.com", [f"rcpt{n}@example.net"], MESSAGE)
+            for n in range(HELD)
+        ]
+        yield held
+        self.process.signalProcess("TERM")
+        yield twistd.logged(f"for {HELD} message(s) in flight")
+        self.process.signalProcess("HUP")
+        yield twistd.logged("TLS certificate and key reloaded")
+        self.process.signalProcess(signal.SIGUSR1)
+        yield twistd.logged("log files reopened")
+        self.upstream.release()
+        answered = yield defer.gatherResults(sending)
+        self.assertEqual({reply.code for reply in answered}, {250})
+        ended = yield twistd.ended
+        self.assertIsInstance(ended, ProcessDone, twistd.log)
+        self.assertEqual(sorted(m.recipients for m in self.upstream.messages),
+                         sorted((f"rcpt{n}@example.net",) for n in range(HELD)))
+
+    @defer.inlineCallbacks
+    def test_drain_timeout_spares_a_message_whose_final_dot_went_upstream(self):
+        """
+        The upstream answers the final dot after the drain timeout, within its own: that
+        client gets its 250 (cut off, it would send the message again); one still sending
+        its message is cut off, and that message never reaches the upstream.
+        """
+        twistd = yield self.start("--drain_timeout=0.5", "--upstream_timeout=30")
+        sending, held = self.send_held(client_options(self.certs))
+        yield held
+        unfinished = yield connect(reactor, self.port)
+        yield unfinished.command(b"EHLO client.example", expect=250)
+        yield unfinished.starttls(client_options(self.certs))
+        yield unfinished.command(b"EHLO client.example", expect=250)
+        yield unfinished.command(b"AUTH PLAIN AGFsaWNlAHMzY3JldA==", expect=235)
+        yield start_data(unfinished, b"alice@example.com", b"carol@example.net")
+        unfinished.send(b"Subject: never ends\r\n")
+        self.process.signalProcess("TERM")
+        yield twistd.logged("drain timeout: cutting off 1 session(s) without a reply; "
+                            "waiting up to 30.0 s for 1 message(s) whose final dot went upstream")
+        yield unfinished.wait_closed()
+        self.upstream.release()
+        reply = yield sending
+        self.assertEqual(reply.code, 250)
+        ended = yield twistd.ended
+        self.assertIsInstance(ended, ProcessDone, twistd.log)
+        self.assertEqual([m.recipients for m in self.upstream.messages], [("bob@example.net",)])

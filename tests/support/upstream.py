@@ -152,17 +152,18 @@ class FakeUpstream:
         """How many connections the upstream accepted so far."""
         return self._server.connections
 
-    def stall(self, step):
+    def stall(self, step, count=1):
         """
         From now on, stop answering when a connection reaches C{step}: L{GREETING}, a command
         verb (C{"EHLO"}, C{"MAIL"}, C{"RCPT"}, C{"DATA"}, ...) or L{END_OF_DATA}.  The stalled
         line and everything after it wait, unanswered, until L{release} or L{close}.
 
-        Returns a Deferred that fires when a connection first stops there, so a test knows
+        Returns a Deferred that fires when C{count} connections stop there, so a test knows
         the other side is now waiting.
         """
         self._stall = step
         self._reached = defer.Deferred()
+        self._reached_count = count
         return self._reached
 
     def release(self):
@@ -198,7 +199,8 @@ class FakeUpstream:
         called L{stall}, if one did (a message's own L{Script} stalls with nobody waiting).
         """
         self._stalled.append(session)
-        if self._reached is not None and not self._reached.called:
+        waiting = self._reached is not None and not self._reached.called
+        if waiting and len(self._stalled) >= self._reached_count:
             self._reached.callback(None)
 
     def _forget(self, session):
