@@ -77,11 +77,25 @@ class Upstream:
 
 @frozen
 class Policy:
-    """The policy API: its URL, the deadline for one exchange, its CA bundle."""
+    """
+    The policy API: its URL, the deadline for one exchange, its CA bundle.
+
+    @ivar idle_timeout: seconds an idle connection to the API is kept for
+        the next request; below the keep-alive timeout of common servers
+        (Node and uvicorn: 5 s), so the proxy rarely picks a connection the
+        API is closing.
+    @ivar connections: requests to the API at once; more wait in a queue.
+    @ivar queue: requests that may wait for one of those; past it a
+        message gets C{451 4.3.0} at once.  A request waits at most
+        C{timeout} in all, queue included.
+    """
 
     url: str
     timeout: float = 30
     ca_path: str | None = None
+    idle_timeout: float = 2
+    connections: int = 64
+    queue: int = 1000
 
 
 @frozen

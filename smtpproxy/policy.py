@@ -12,12 +12,19 @@ password.
 import json
 
 from treq.client import HTTPClient
-from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredSemaphore,
+    maybeDeferred,
+    succeed,
+)
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.web.client import (
     Agent,
     _HTTP11ClientFactory,
+    _RetryingHTTP11ClientProtocol,
     BrowserLikePolicyForHTTPS,
     HTTPConnectionPool,
     RequestGenerationFailed,
@@ -26,6 +33,8 @@ from twisted.web.client import (
     ResponseFailed,
 )
 from twisted.web.http import PotentialDataLoss
+from twisted.web.iweb import IBodyProducer
+from zope.interface import implementer
 
 from smtpproxy.answer import Decision, parse_answer
 from smtpproxy.tls import load_trust_root
@@ -42,14 +51,72 @@ class _QuietConnectionFactory(_HTTP11ClientFactory):
 class _Pool(HTTPConnectionPool):
     """
     The persistent pool toward the API, without per-connection log lines.
-    It keeps up to 64 idle connections instead of Twisted's 2: with many
-    messages in flight, most API calls would otherwise open (and close) a
-    connection of their own, which the benchmark measured at about 10 % of
-    the proxy's CPU per message.
+    It keeps as many idle connections as requests may run at once
+    (L{smtpproxy.config.Policy.connections}) instead of Twisted's 2: with
+    many messages in flight, most API calls would otherwise open (and
+    close) a connection of their own, which the benchmark measured at about
+    10 % of the proxy's CPU per message.  An idle connection is closed after
+    C{Policy.idle_timeout} instead of Twisted's 240 s, before the API's own
+    keep-alive timeout closes it under a request.
+
+    A request that fails on a reused connection before any byte of answer
+    is sent once more on a new one (L{_RetryOnce}).
     """
 
     _factory = _QuietConnectionFactory
-    maxPersistentPerHost = 64
+
+    def __init__(self, reactor, policy):
+        super().__init__(reactor, persistent=True)
+        self.maxPersistentPerHost = policy.connections
+        self.cachedConnectionTimeout = policy.idle_timeout
+
+    def getConnection(self, key, endpoint):
+        return super().getConnection(key, endpoint).addCallback(_retrying_once)
+
+
+def _retrying_once(connection):
+    """A reused connection (Twisted wraps those for its own retry) retries L{_Body}s too."""
+    if isinstance(connection, _RetryingHTTP11ClientProtocol):
+        return _RetryOnce(connection._clientProtocol, connection._newConnection)
+    return connection
+
+
+class _RetryOnce(_RetryingHTTP11ClientProtocol):
+    """
+    Twisted retries only idempotent requests without a body on a new
+    connection; a POST is neither.  The policy POST is sent again when it
+    failed on a reused connection before any byte of the answer came back
+    and without being cancelled (Twisted's own conditions otherwise): the
+    case of an API that closed the idle connection as the request went out,
+    so it never read it.  One retry, on a new connection.  (An API that
+    read the request, then closed without a byte of answer, sees it twice;
+    a policy check has no effect an answer did not report.)
+    """
+
+    def _shouldRetry(self, method, exception, bodyProducer):
+        return isinstance(bodyProducer, _Body) and super()._shouldRetry(b"GET", exception, None)
+
+
+@implementer(IBodyProducer)
+class _Body:
+    """A request body that can be sent a second time (see L{_RetryOnce})."""
+
+    def __init__(self, data):
+        self._data = data
+        self.length = len(data)
+
+    def startProducing(self, consumer):
+        consumer.write(self._data)
+        return succeed(None)
+
+    def pauseProducing(self):
+        pass
+
+    def resumeProducing(self):
+        pass
+
+    def stopProducing(self):
+        pass
 
 
 log = Logger(namespace="smtpproxy.policy")
@@ -58,6 +125,10 @@ _WRAPPERS = (RequestGenerationFailed, RequestTransmissionFailed, ResponseFailed)
 
 class AnswerTooLarge(Exception):
     """The API's answer body is over L{MAX_ANSWER} bytes."""
+
+
+class QueueFull(Exception):
+    """C{Policy.queue} requests already wait for a connection to the API."""
 
 
 class PolicyClient:
@@ -72,19 +143,31 @@ class PolicyClient:
         self._reactor = reactor
         self._policy = policy
         self._pool = None
+        self._slots = DeferredSemaphore(policy.connections)
         if http is None:
-            self._pool = _Pool(reactor, persistent=True)
+            self._pool = _Pool(reactor, policy)
             tls = BrowserLikePolicyForHTTPS(_trust_root(policy.ca_path))
-            http = HTTPClient(Agent(reactor, contextFactory=tls, pool=self._pool))
+            agent = Agent(reactor, contextFactory=tls, pool=self._pool)
+            http = HTTPClient(agent, data_to_body_producer=_Body)
         self._http = http
 
     def check(self, request: dict) -> Deferred:
         """
         POST C{request} (from L{smtpproxy.answer.build_request}) and fire
         with the L{Decision}; never errback, except with L{CancelledError}
-        after the caller cancels, which aborts the HTTP exchange.
+        after the caller cancels, which aborts the HTTP exchange (closing
+        its connection, so the API can stop working on it) or takes the
+        request out of the queue.
+
+        At most C{Policy.connections} exchanges run at once; the next
+        C{Policy.queue} wait for one to end, within the same deadline, and
+        any more fail at once: an overloaded API gets no more work than it
+        can answer in time.
         """
-        exchange = maybeDeferred(self._exchange, request)
+        if len(self._slots.waiting) >= self._policy.queue:
+            exchange = maybeDeferred(_queue_full, self._policy.queue)
+        else:
+            exchange = self._slots.run(self._exchange, request)
         exchange.addTimeout(self._policy.timeout, self._reactor, onTimeoutCancel=_timed_out)
 
         def cancel(decision):
@@ -164,6 +247,10 @@ def _trust_root(ca_path):
     so a missing or broken file stops the proxy instead of every message.
     """
     return None if ca_path is None else load_trust_root(ca_path)
+
+
+def _queue_full(size):
+    raise QueueFull(f"{size} requests already waiting for a connection (--api_queue)")
 
 
 def _timed_out(result, timeout):

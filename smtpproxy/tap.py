@@ -35,6 +35,7 @@ _LISTEN_TLS = re.compile(r"^--listen_tls(?==|$)")
 _IPV6_PORT = re.compile(r"^\[([0-9A-Fa-f:.]+)\]:(\d+)$")
 
 _defaults = Limits()
+_policy = Policy("")
 
 log = Logger()
 
@@ -131,6 +132,11 @@ class Options(usage.Options):
         ["api", None, None, "Policy API URL (mandatory)."],
         ["api_timeout", None, 30.0, "Seconds for one whole API exchange.", float],
         ["api_ca", None, None, "CA bundle for an https API [default: system store]."],
+        ["api_idle_timeout", None, _policy.idle_timeout,
+         "Seconds an idle API connection is kept (below the API's keep-alive timeout).", float],
+        ["api_connections", None, _policy.connections, "API requests at once.", int],
+        ["api_queue", None, _policy.queue,
+         "API requests that may wait for a connection (past it: 451).", int],
         ["upstream_timeout", None, 60.0, "Seconds per upstream step.", float],
         ["verify_cache_time", None, 60.0,
          "Seconds a --verify_recipients verdict (accepted, or refused 5xx) is reused; 0: never.",
@@ -226,7 +232,11 @@ def config_from(options):
     """The L{ProxyConfig} the options describe."""
     hostname = {} if options["hostname"] is None else {"hostname": options["hostname"]}
     return ProxyConfig(
-        policy=Policy(url=options["api"], timeout=options["api_timeout"], ca_path=options["api_ca"]),
+        policy=Policy(
+            url=options["api"], timeout=options["api_timeout"], ca_path=options["api_ca"],
+            idle_timeout=options["api_idle_timeout"], connections=options["api_connections"],
+            queue=options["api_queue"],
+        ),
         upstream=options["upstream"],
         tls=options["tls"],
         limits=Limits(

@@ -68,6 +68,10 @@ class FakeApi:
         scheme = "http" if tls is None else "https"
         self.url = f"{scheme}://127.0.0.1:{self._server.port}{PATH}"
 
+    def wait_idle(self):
+        """A Deferred that fires once no connection to the API is open."""
+        return self._server.wait_idle()
+
     def close(self):
         """Cancel held answers, stop listening and drop every connection; a Deferred."""
         for pending in list(self._pending):
