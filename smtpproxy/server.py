@@ -43,6 +43,7 @@ class ProxyFactory(smtp.SMTPFactory):
         self.draining = False
         self._numbers = itertools.count(1)
         self._sessions = set()
+        self._counted = set()
         self._drained = None
 
     def buildProtocol(self, addr):
@@ -63,15 +64,28 @@ class ProxyFactory(smtp.SMTPFactory):
         refusal = self.connections.admit(session.client)
         if refusal is None:
             self._sessions.add(session)
+            self._counted.add(session)
             self.metrics.connections.inc()
         return refusal
 
-    def disconnected(self, session):
-        """A session's connection is gone; admitted ones free their place."""
-        if session in self._sessions:
-            self._sessions.remove(session)
+    def finished(self, session):
+        """
+        A session has sent its last reply (221, 421): it no longer counts
+        toward the connection limits.  Its close may take a while to be
+        processed (a TLS shutdown, a busy reactor), and a client that
+        reconnects at once after C{221} must not be refused meanwhile.
+        The drain still waits for the close.
+        """
+        if session in self._counted:
+            self._counted.remove(session)
             self.connections.release(session.client)
             self.metrics.connections.dec()
+
+    def disconnected(self, session):
+        """A session's connection is gone; admitted ones free their place."""
+        self.finished(session)
+        if session in self._sessions:
+            self._sessions.remove(session)
             if self._drained is not None and not self._sessions:
                 self._drained.callback(None)
 

@@ -483,6 +483,7 @@ class ProxySession(smtp.ESMTP):
         C{idle_timeout} to do so, then it is cut off.
         """
         self._closing = True
+        self.factory.finished(self)
         if self._producing:
             self._producing = False
             self.transport.unregisterProducer()

@@ -110,6 +110,35 @@ class ConnectionLimitTests(TestCase):
         self.assertEqual(reply.code, 220)
         self.assertEqual(self.stack.factory.connections.total, 3)
 
+    @defer.inlineCallbacks
+    def test_session_past_its_221_no_longer_counts(self):
+        """Its close may not be processed yet; the client is done with it, and may reconnect."""
+        first = yield self.stack.session(login=False)
+        second = yield self.stack.session(login=False)
+        self.addCleanup(first.close)
+        self.addCleanup(second.close)
+        yield first.command(b"QUIT", expect=221)
+        _, reply = yield self.connect()
+        self.assertEqual(reply.code, 220)
+        self.assertEqual(self.stack.factory.connections.total, 2)
+
+    @defer.inlineCallbacks
+    def test_sequential_reconnects_below_the_per_address_limit(self):
+        """45 TLS clients from one address, each reconnecting as soon as it has its 221: no 421."""
+        stack = Stack(reactor, self.mktemp(), Limits(max_connections_per_ip=50))
+        self.addCleanup(stack.close)
+
+        @defer.inlineCallbacks
+        def reconnecting(rounds):
+            for _ in range(rounds):
+                client = yield stack.session(login=False)  # fails on a 421
+                self.addCleanup(client.close)
+                yield client.command(b"QUIT", expect=221)
+                client.close()
+
+        yield defer.gatherResults([reconnecting(3) for _ in range(45)])
+        self.assertEqual(stack.factory.metrics.connections_total._value.get(), 135)
+
 
 class RefusedSessionTests(SessionTestCase):
     limits = Limits(max_connections=1)
