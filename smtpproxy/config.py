@@ -21,7 +21,8 @@ class Limits:
     max_connections_per_ip: int = 50
     max_recipients: int = 100
     max_message_size: int = 52428800
-    max_header_size: int = 1048576
+    max_header_size: int = 131072
+    header_memory: int = 32 * 1024 * 1024
     max_line_length: int = 2048
     idle_timeout: float = 300
     pretls_timeout: float = 30

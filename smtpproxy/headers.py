@@ -11,6 +11,7 @@ adds itself.
 
 import enum
 import re
+from array import array
 
 from attrs import frozen
 
@@ -123,15 +124,18 @@ class HeaderReader:
     the same verdict however the data is chunked.
 
     Positions in the buffer are remembered between chunks, so the cost stays
-    linear in the data however small the chunks are.
+    linear in the data however small the chunks are.  Fields are kept as
+    positions too, and cut out of the buffer only when the block completes:
+    an incomplete block, all an attacker who never ends it can make the
+    proxy hold, costs its own size once.
     """
 
     def __init__(self, max_size):
         self.max_size = max_size
         self.block = None
         self._buf = bytearray()
-        self._fields = []
-        self._field = None  # (name, start) of the field being read
+        self._fields = array("I")  # start, name end, end of each field read
+        self._field = None  # (start, name end) of the field being read
         self._line = 0  # start of the line being read
         self._kind = None  # its kind, once known
         self._name_end = None  # the end of its field name, once known
@@ -185,8 +189,7 @@ class HeaderReader:
                     return self._kind
                 if self._kind is _Line.FIELD:
                     self._close_field()
-                    name = _unstuffed(bytes(buf[self._line:self._name_end]))
-                    self._field = (name, self._line)
+                    self._field = (self._line, self._name_end)
             eol = buf.find(b"\r\n", self._pos)
             if eol < 0:
                 self._pos = len(buf) - 1  # a final CR may start the CRLF
@@ -221,10 +224,40 @@ class HeaderReader:
 
     def _close_field(self):
         if self._field:
-            name, start = self._field
-            self._fields.append(Field(name, bytes(self._buf[start:self._line])))
+            self._fields.extend((*self._field, self._line))
 
     def _complete(self):
         self._close_field()
-        self.block = HeaderBlock(tuple(self._fields))
+        positions = iter(self._fields)
+        with memoryview(self._buf) as buf:
+            fields = tuple(
+                Field(_unstuffed(bytes(buf[start:name_end])), bytes(buf[start:end]))
+                for start, name_end, end in zip(positions, positions, positions)
+            )
+        self.block = HeaderBlock(fields)
         self._buf = self._fields = self._field = None
+
+
+class Budget:
+    """
+    The bytes of header data all messages may hold in memory at once
+    (C{--header_memory}): a header block is held whole until the policy
+    API is asked, so without a global bound many clients that never end
+    theirs could make the proxy hold C{--max_connections} times
+    C{--max_header_size}.
+    """
+
+    def __init__(self, limit):
+        self.limit = limit
+        self.used = 0
+
+    def take(self, size):
+        """Hold C{size} more bytes if the budget allows it; whether it did."""
+        if self.used + size > self.limit:
+            return False
+        self.used += size
+        return True
+
+    def give(self, size):
+        """C{size} bytes held are freed."""
+        self.used -= size

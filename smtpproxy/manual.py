@@ -44,6 +44,7 @@ REPLIES AFTER THE FINAL DOT
                                   fails the whole message: nobody gets it)
     550 5.6.0                     the message contained a bare CR or LF
     552 5.3.4                     the message or its header block was too big
+    452 4.3.1                     header blocks in memory reached --header_memory
 
 RECIPIENT CHECKS (--verify_recipients)
     Each RCPT is put to the upstream at once (MAIL FROM with the client's

@@ -16,6 +16,7 @@ from twisted.mail import smtp
 
 from smtpproxy import replies, upstream
 from smtpproxy.connections import ConnectionTable
+from smtpproxy.headers import Budget
 from smtpproxy.metrics import Metrics
 from smtpproxy.policy import PolicyClient
 from smtpproxy.session import ProxySession
@@ -40,6 +41,7 @@ class ProxyFactory(smtp.SMTPFactory):
         self.metrics = Metrics()
         self.connections = ConnectionTable(config.limits, reactor, self.metrics)
         self.verdicts = VerdictCache(reactor, config.verify_cache_time)
+        self.header_budget = Budget(config.limits.header_memory)
         self.draining = False
         self._numbers = itertools.count(1)
         self._sessions = set()

@@ -109,6 +109,8 @@ class Message:
         self._clock = services.reactor
         self._started = self._clock.seconds()
         self._headers = HeaderReader(self._limits.max_header_size)
+        self._budget = services.header_budget
+        self._held = 0
         self._block = None
         self._spool = tempfile.SpooledTemporaryFile(max_size=self._limits.spool_memory)
         self.size = 0
@@ -128,6 +130,12 @@ class Message:
             self.refuse(replies.MESSAGE_TOO_BIG)
             return
         if self._block is None:
+            if not self._budget.take(len(data)):
+                log.warn("header memory (--header_memory={limit}) full: message refused",
+                         limit=self._budget.limit)
+                self.refuse(replies.HEADER_MEMORY)
+                return
+            self._held += len(data)
             try:
                 data = self._headers.feed(data)
             except HeaderTooLarge:
@@ -205,6 +213,7 @@ class Message:
         return replies.LOCAL_ERROR
 
     def _finished(self, reply):
+        self._release()
         self._spool.close()
         t = self.transaction
         result = outcome(reply, policy_denied=self._outcome == "deny")
@@ -254,7 +263,13 @@ class Message:
         if self._decision is not None:
             self._decision.addErrback(lambda failure: None)
             self._decision.cancel()
+        self._release()
         self._spool.close()
+
+    def _release(self):
+        """The header data this message held no longer counts (L{Budget})."""
+        self._budget.give(self._held)
+        self._held = 0
 
 
 class _Concatenation:

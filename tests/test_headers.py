@@ -4,6 +4,7 @@ block of wire-form message data (SPEC sections 2, 3 and 4).
 """
 
 import re
+import tracemalloc
 
 from hypothesis import given, settings, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
@@ -424,3 +425,18 @@ class PropertyTests(SynchronousTestCase):
             self.assertLessEqual(len(block.raw), max_size)
             self.assertEqual(block.rewrite([]), block.raw)
             block.for_api()
+
+
+class HeaderMemoryTests(SynchronousTestCase):
+    def test_incomplete_block_costs_its_size_once(self):
+        """What a client that never ends its header block makes the proxy hold."""
+        line = b"X-Filler: " + b"a" * 60 + b"\r\n"
+        reader = HeaderReader(2 * 1024 * 1024)
+        tracemalloc.start()
+        try:
+            for _ in range(1024 * 1024 // 4096):
+                self.assertIsNone(reader.feed(line * (4096 // len(line))))
+            held, _ = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        self.assertLess(held, 1.5 * 1024 * 1024)

@@ -167,3 +167,30 @@ class BigMessageTests(TestCase):
         if os.environ.get("SMTPPROXY_SLOW") != "1":
             raise SkipTest("slow (15 s or more): set SMTPPROXY_SLOW=1 to run it")
         return self.stream(GiB)
+
+
+class HeaderMemoryTests(TestCase):
+    """
+    --header_memory (issue 10): header blocks held by all clients at once are bounded; a
+    message past the budget gets 452 4.3.1, and once that memory is freed the next one passes.
+    """
+
+    def setUp(self):
+        limits = Limits(max_header_size=256 * 1024, header_memory=100000)
+        self.stack = Stack(reactor, self.mktemp(), limits)
+        self.addCleanup(self.stack.close)
+
+    @defer.inlineCallbacks
+    def test_budget_refuses_then_recovers(self):
+        hog = yield self.stack.session()
+        yield start_data(hog, SENDER, RECIPIENT)
+        hog.send(b"X-Long: a\r\n" * 9090)  # 99990 bytes: the budget but 10
+        late = yield self.stack.session()
+        reply = yield submit(late, SENDER, RECIPIENT, MESSAGE)
+        self.assertEqual(str(reply), "452 4.3.1 Insufficient system storage, try again later")
+        hog.send(b"\r\nbody\r\n.\r\n")
+        (done,) = yield hog.replies(1)
+        self.assertEqual(done.code, 250)
+        self.assertEqual(self.stack.factory.header_budget.used, 0)
+        reply = yield submit(late, SENDER, RECIPIENT, MESSAGE)
+        self.assertEqual(reply.code, 250)
