@@ -96,3 +96,4 @@ def _options(options):
     yield "listen_tls=ADDR", options.opt_listen_tls.__doc__
     yield "version", options.opt_version.__doc__
     yield "man", options.opt_man.__doc__
+    yield "help, -h", options.opt_help.__doc__.strip()

@@ -196,6 +196,10 @@ class Options(usage.Options):
         """Address for implicit-TLS submission, port 465 style (RFC 8314; repeatable)."""
         self["listen_tls"].append(value)
 
+    opt_h = usage.Options.opt_help
+    """C{-h}: what the original documents next to C{--help}; usage.Options
+    leaves it out because other programs' C{-h} is a host option."""
+
     def opt_version(self):
         """Print the version and exit."""
         print(f"smtpproxy {__version__}")

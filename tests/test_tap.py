@@ -7,16 +7,19 @@ import os
 import sys
 
 from twisted.application.service import Application, IProcess
+from twisted.internet import defer, reactor
+from twisted.internet.utils import getProcessOutputAndValue
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import ILogObserver
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web.server import Site
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from smtpproxy import tap
 from smtpproxy.haproxy import _HeaderFirstFactory
 from smtpproxy.tls import ReloadableContext
 from tests.support.certs import make_certificates
+from tests.support.twistd import twistd_command, twistd_environment
 
 
 class EndpointTests(SynchronousTestCase):
@@ -206,6 +209,19 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(raised.exception.code, 0)
         self.assertRegex(self.stdout.getvalue(), r"^smtpproxy \d+\.\d+\.\d+\n$")
 
+    def test_h_is_help(self):
+        """C{-h} prints what C{--help} prints and exits 0."""
+        texts = []
+        for flag in ["-h", "--help"]:
+            with self.assertRaises(SystemExit) as raised:
+                self.parse([flag])
+            self.assertEqual(raised.exception.code, 0)
+            texts.append(self.stdout.getvalue())
+            self.stdout.seek(0)
+            self.stdout.truncate()
+        self.assertEqual(texts[0], texts[1])
+        self.assertIn("-h, --help", texts[0])
+
     def test_man_lists_every_option(self):
         with self.assertRaises(SystemExit):
             self.parse(["--man"])
@@ -278,3 +294,22 @@ class OptionsTests(SynchronousTestCase):
         with self.assertRaises(SystemExit):
             tap.makeService(options, reactor=MemoryReactorClock())
         self.assertIn("--listen=bogus:thing", self.stderr.getvalue())
+
+
+class TwistdHelpTests(TestCase):
+    """The real C{twistd smtpproxy}: C{-h} as the original documents it."""
+
+    def run_twistd(self, *arguments):
+        command = twistd_command("smtpproxy", *arguments)
+        return getProcessOutputAndValue(
+            command[0], command[1:], env=twistd_environment(), reactor=reactor)
+
+    @defer.inlineCallbacks
+    def test_h_is_help(self):
+        short = yield self.run_twistd("-h")
+        long = yield self.run_twistd("--help")
+        self.assertEqual(short, long)
+        out, err, code = short
+        self.assertEqual((err, code), (b"", 0))
+        self.assertIn(b"-h, --help", out)
+        self.assertIn(b"--max_line_length=", out)
