@@ -96,7 +96,6 @@ FEATURES = [
     ("do_handshake", "client: TLS handshake"),
     ("ProxySession._command", "client: commands"),
     ("Framer", "client: DATA framing"),
-    ("LineEndCheck", "client: DATA framing"),
     ("Message.dataReceived", "client: headers, spool"),
     ("ProxySession", "client: session, other"),
     ("connectionLost", "connection teardown"),

@@ -13,9 +13,18 @@ from attrs.validators import in_
 from twisted.internet.ssl import optionsForClientTLS
 
 
+BARE_LF = ("normalize", "reject")
+
+
 @frozen
 class Limits:
-    """Every bound the proxy enforces on a client; each is an option."""
+    """
+    Every bound the proxy enforces on a client; each is an option.
+
+    @ivar bare_lf: what a line ended by a bare LF is (see
+        L{smtpproxy.framing}): C{"normalize"}, a line end as CRLF is (as
+        Postfix 3.9 and later do by default); C{"reject"}, an error.
+    """
 
     max_connections: int = 1000
     max_connections_per_ip: int = 50
@@ -28,6 +37,7 @@ class Limits:
     pretls_timeout: float = 30
     data_timeout: float = 600
     spool_memory: int = 256 * 1024
+    bare_lf: str = field(default="normalize", validator=in_(BARE_LF))
 
 
 UPSTREAM_TLS = ("none", "starttls", "tls")

@@ -2,11 +2,11 @@
 Pure: the header block at the start of a message, read and rewritten in
 SMTP wire form.
 
-The proxy keeps DATA as it arrived (CRLF line ends, dot-stuffed, RFC 5321
-section 4.5.2) and relays it upstream the same way, so the body is never
-unstuffed or re-stuffed. This module only looks through the stuffing to
-recognise header lines, keeps their exact bytes, and stuffs the lines it
-adds itself.
+The proxy keeps DATA in wire form (CRLF line ends, dot-stuffed, RFC 5321
+section 4.5.2; see L{smtpproxy.framing}) and relays it upstream that way,
+so the body is never unstuffed or re-stuffed. This module only looks
+through the stuffing to recognise header lines, keeps their exact bytes,
+and stuffs the lines it adds itself.
 """
 
 import enum

@@ -42,7 +42,7 @@ from zope.interface import implementer
 
 from smtpproxy import auth, replies
 from smtpproxy.commands import CommandError, parse_command, parse_mail, parse_rcpt
-from smtpproxy.framing import TOO_LONG, Framer
+from smtpproxy.framing import BARE_LF, TOO_LONG, Framer
 
 log = Logger(namespace="smtpproxy.smtp")
 
@@ -72,7 +72,7 @@ class ProxySession(smtp.ESMTP):
         self.host = factory.config.hostname
         self.timeout = self.limits.pretls_timeout
         self._transcript = factory.config.transcript
-        self._framer = Framer(self.limits.max_line_length)
+        self._framer = Framer(self.limits.max_line_length, self.limits.bare_lf == "normalize")
         self.client = None
         self._held = False
         self._awaiting = None
@@ -148,14 +148,20 @@ class ProxySession(smtp.ESMTP):
             if self.startedTLS:
                 self.setTimeout(self.limits.idle_timeout)
             if line is TOO_LONG:
-                self._log_input("[overlong line]")
-                self._auth = None
-                self.reply(replies.LINE_TOO_LONG)
+                self._bad_line("[overlong line]", replies.LINE_TOO_LONG)
+            elif line is BARE_LF:
+                self._bad_line("[line ended by a bare LF]", replies.BARE_LF_LINE)
             elif self._auth is not None:
                 self._log_input(line if self.factory.config.log_credentials else "[REDACTED]")
                 self._auth_response(line)
             else:
                 self._command(line)
+
+    def _bad_line(self, description, reply):
+        """Refuse a line that was no command; it also ends an AUTH exchange."""
+        self._log_input(description)
+        self._auth = None
+        self.reply(reply)
 
     def _log_input(self, line):
         if self._transcript:

@@ -204,14 +204,21 @@ class SmugglingTests(EndToEndTestCase):
 
     @defer.inlineCallbacks
     def test_bare_lf_end_of_data_lookalike(self):
-        """A smuggled second transaction behind a bare-LF dot is never relayed."""
+        """
+        A second transaction behind a bare-LF dot is never relayed as one: the bare LFs are
+        line ends, the dot line is relayed stuffed, and all of it is the one message's body.
+        """
         client = yield self.stack.session()
         client.send(b"MAIL FROM:<alice@example.com>\r\nRCPT TO:<bob@example.net>\r\nDATA\r\n")
         yield client.replies(3)
-        client.send(b"Subject: x\r\n\r\nhi\n.\nMAIL FROM:<evil@example.com>\r\n"
-                    b"RCPT TO:<victim@example.net>\r\nDATA\r\nSubject: smuggled\r\n\r\n.\r\nNOOP\r\n")
+        smuggled = (b"MAIL FROM:<evil@example.com>\r\nRCPT TO:<victim@example.net>\r\nDATA\r\n"
+                    b"Subject: smuggled\r\n\r\n")
+        client.send(b"Subject: x\r\n\r\nhi\n.\n" + smuggled + b".\r\nNOOP\r\n")
         replies = yield client.replies(2)
         self.assertEqual([(r.code, r.text) for r in replies],
-                         [(550, "5.6.0 Message contains bare CR or LF"), (250, "2.0.0 OK")])
+                         [(250, "2.0.0 Ok: queued as Q00001"), (250, "2.0.0 OK")])
         yield client.close()
-        self.assertEqual(self.upstream.messages, [])
+        (message,) = self.upstream.messages
+        self.assertEqual(message.recipients, ("bob@example.net",))
+        self.assertEqual(message.data,
+                         b"Subject: x\r\nX-Policy: checked\r\n\r\nhi\r\n.\r\n" + smuggled)

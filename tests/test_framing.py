@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from smtpproxy.framing import TOO_LONG, Framer, LineEndCheck
+from smtpproxy.framing import BARE_LF, TOO_LONG, Framer
 
 
 def commands(framer):
@@ -34,10 +34,37 @@ class CommandTests(SynchronousTestCase):
         framer.feed(b"IT\r\n")
         self.assertEqual(commands(framer), [b"QUIT"])
 
-    def test_bare_lf_is_not_a_line_end(self):
+    def test_bare_lf_ends_a_line(self):
+        """Normalize mode: pipelined LF-only lines are commands, as CRLF lines are."""
         framer = Framer(2048)
-        framer.feed(b"NOOP\nRSET\r\n")
-        self.assertEqual(commands(framer), [b"NOOP\nRSET"])
+        framer.feed(b"EHLO x\nNOOP\nRSET\r\nQUIT\n")
+        self.assertEqual(commands(framer), [b"EHLO x", b"NOOP", b"RSET", b"QUIT"])
+
+    def test_bare_lf_line_refused(self):
+        """Reject mode: a line ended by a bare LF is reported, not left waiting."""
+        framer = Framer(2048, normalize_lf=False)
+        framer.feed(b"EHLO x\nNOOP\r\nRSET\n")
+        self.assertEqual(commands(framer), [BARE_LF, b"NOOP", BARE_LF])
+
+    def test_bare_cr_is_not_a_line_end(self):
+        for normalize in (True, False):
+            framer = Framer(2048, normalize)
+            framer.feed(b"NOOP\rRSET\r\r\n")
+            self.assertEqual(commands(framer), [b"NOOP\rRSET\r"])
+
+    def test_split_at_every_byte(self):
+        """Whatever the chunks, the same commands (a CR at a chunk's end waits for its LF)."""
+        stream = b"EHLO x\r\nNOOP\nRSET\r\n\nQUIT\n"
+        for normalize in (True, False):
+            whole = Framer(2048, normalize)
+            whole.feed(stream)
+            expected = commands(whole)
+            for cut in range(len(stream) + 1):
+                framer = Framer(2048, normalize)
+                framer.feed(stream[:cut])
+                got = commands(framer)
+                framer.feed(stream[cut:])
+                self.assertEqual(got + commands(framer), expected, cut)
 
     def test_longest_line(self):
         framer = Framer(10)
@@ -55,6 +82,16 @@ class CommandTests(SynchronousTestCase):
         self.assertEqual(commands(framer), [])
         framer.feed(b"\nNOOP\r\n")
         self.assertEqual(commands(framer), [b"NOOP"])
+
+    def test_overlong_lines_ended_by_lf(self):
+        """The limit is on the line without its line end, whichever end it has."""
+        for normalize in (True, False):
+            framer = Framer(10, normalize)
+            framer.feed(b"y" * 10 + b"\r\n" + b"x" * 11 + b"\nNOOP\r\n" + b"z" * 30 + b"\nRSET\r\n")
+            self.assertEqual(commands(framer), [b"y" * 10, TOO_LONG, b"NOOP", TOO_LONG, b"RSET"])
+        framer = Framer(10)
+        framer.feed(b"x" * 10 + b"\n")
+        self.assertEqual(commands(framer), [b"x" * 10])
 
     def test_overlong_line_is_not_buffered(self):
         framer = Framer(10)
@@ -74,8 +111,8 @@ class CommandTests(SynchronousTestCase):
 
 
 class DataTests(SynchronousTestCase):
-    def data(self, *chunks, limit=2048):
-        framer = Framer(limit)
+    def data(self, *chunks, limit=2048, normalize=True):
+        framer = Framer(limit, normalize)
         framer.start_data()
         for chunk in chunks:
             framer.feed(chunk)
@@ -98,15 +135,19 @@ class DataTests(SynchronousTestCase):
 
     def test_lookalikes_do_not_end_data(self):
         for fake in [b"\n.\n", b"\r.\r", b"\n.\r\n", b"\r\n.\n", b"\r\n.\r", b"\r\n. \r\n"]:
-            framer = self.data(b"a" + fake + b"MAIL FROM:<x@y.z>\r\n")
-            data, end = message(framer)
-            self.assertFalse(end, fake)
+            for normalize in (True, False):
+                framer = self.data(b"a" + fake + b"MAIL FROM:<x@y.z>\r\n", normalize=normalize)
+                data, end = message(framer)
+                self.assertFalse(end, fake)
 
     def test_bare_line_ends_flagged(self):
-        for body in [b"a\nb\r\n", b"a\rb\r\n", b"a\r\r\n", b"\n\r\n", b"a\n.\r\n"]:
-            framer = self.data(body, b".\r\n")
-            message(framer)
-            self.assertTrue(framer.bare_line_end, body)
+        """A bare CR always; a bare LF in reject mode."""
+        for body, normalize in [(b"a\nb\r\n", False), (b"\n\r\n", False), (b"a\n.\r\n", False),
+                                (b"a\rb\r\n", True), (b"a\r\r\n", True), (b"\r\n\r.\n", True)]:
+            for mode in {normalize, False}:
+                framer = self.data(body, b".\r\n", normalize=mode)
+                message(framer)
+                self.assertTrue(framer.bare_line_end, (body, mode))
 
     def test_clean_message_not_flagged(self):
         framer = self.data(b"a\r\n\r\nb\r\n.\r\n")
@@ -166,16 +207,112 @@ class DataTests(SynchronousTestCase):
         self.assertFalse(framer.bare_line_end)
 
 
-class LineEndCheckTests(SynchronousTestCase):
-    @given(st.binary(max_size=64), st.data())
-    def test_matches_whole_scan(self, stream, data):
-        """Chunked checking agrees with looking at the whole stream at once."""
-        stream += b"\r\n"
-        cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=6)))
-        check, start = LineEndCheck(), 0
-        for cut in cuts + [len(stream)]:
-            check.update(stream[start:cut])
-            start = cut
-        pairs = stream.count(b"\r\n")
-        bare = stream.count(b"\r") != pairs or stream.count(b"\n") != pairs
-        self.assertEqual(check.bare, bare)
+def model(stream, normalize, opening=b"\r\n"):
+    """
+    What the framer must make of data C{stream}, worked out line by line:
+    C{(message, bare, rest)}.  The data must end in it.  C{opening} is the
+    DATA command's line end.
+    """
+    out, bare, before, start = [], False, opening, 0
+    while True:
+        lf = stream.index(b"\n", start)
+        line, start = stream[start:lf + 1], lf + 1
+        after = b"\r\n" if line.endswith(b"\r\n") else b"\n"
+        content = line[:-len(after)]
+        if content == b"." and before == after == b"\r\n":
+            return b"".join(out), bare, stream[start:]
+        bare = bare or b"\r" in content or (after == b"\n" and not normalize)
+        out.append((b".." if content == b"." else content) + b"\r\n" if normalize else line)
+        before = after
+
+
+def framed(stream, cuts, normalize, opening=b"\r\n"):
+    """Feed C{stream} cut at C{cuts}: C{(message, bare, rest)} as the framer gives them."""
+    framer = Framer(2048, normalize)
+    framer.feed(b"DATA" + opening)
+    assert framer.next_command() == b"DATA"
+    framer.start_data()
+    got, start = b"", 0
+    for cut in sorted(cuts) + [len(stream)]:
+        framer.feed(stream[start:cut])
+        start = cut
+        if framer.in_data:
+            got += message(framer)[0]
+    assert not framer.in_data
+    return got, framer.bare_line_end, framer._buffer
+
+
+class NormalizeTests(SynchronousTestCase):
+    """Bare LF as a line end: CRLF out, lone dots stuffed, the end only at CRLF.CRLF."""
+
+    def assert_framed(self, stream, expected, normalize=True, opening=b"\r\n"):
+        """C{stream} gives C{expected} however it is cut into two or three chunks."""
+        self.assertEqual(model(stream, normalize, opening), expected)
+        for first in range(len(stream) + 1):
+            for second in range(first, len(stream) + 1):
+                got = framed(stream, [first, second], normalize, opening)
+                self.assertEqual(got, expected, (first, second))
+
+    def test_lf_only_message(self):
+        self.assert_framed(
+            b"Subject: x\nTo: y\n\nbody\n..dot\n.\n\r\n.\r\nQUIT\r\n",
+            (b"Subject: x\r\nTo: y\r\n\r\nbody\r\n..dot\r\n..\r\n\r\n", False, b"QUIT\r\n"))
+
+    def test_lone_dots_are_stuffed(self):
+        """Every lone dot next to a bare LF, one after another too, keeps its line."""
+        self.assert_framed(
+            b".\n.\r\n.\n\r\n.\nx\n.\r\n.\r\n",
+            (b"..\r\n..\r\n..\r\n\r\n..\r\nx\r\n..\r\n", False, b""))
+
+    def test_only_crlf_dot_crlf_ends(self):
+        for lookalike in [b"\r\n.\n", b"\n.\r\n", b"\n.\n"]:
+            self.assert_framed(b"a" + lookalike + b"b\r\n.\r\n",
+                               (b"a\r\n..\r\nb\r\n", False, b""))
+
+    def test_data_command_ended_by_lf(self):
+        """After C{DATA} with a bare LF, a dot line first is a lone dot, not the end."""
+        self.assert_framed(b".\r\nx\r\n.\r\n", (b"..\r\nx\r\n", False, b""), opening=b"\n")
+        self.assert_framed(b".\r\nx\r\n.\r\n", (b"", False, b"x\r\n.\r\n"))
+
+    def test_bare_cr_refused(self):
+        for normalize in (True, False):
+            self.assertTrue(framed(b"a\rb\n\r\n.\r\n", [], normalize)[1])
+            self.assertTrue(framed(b"a\r\r\n.\r\n", [], normalize)[1])
+            self.assertTrue(framed(b"\r\n.\r\r\n.\r\n", [], normalize)[1])
+
+    def test_reject_mode_keeps_the_bytes(self):
+        self.assert_framed(b"a\nb\n.\r\n.\r\n", (b"a\nb\n.\r\n", True, b""), normalize=False)
+
+    def test_every_byte_a_chunk(self):
+        stream = b"a\n.\n\n..\r\n.x\r\n\n.\n.\r\n\r\n.\r\nNOOP\r\n"
+        for normalize in (True, False):
+            self.assertEqual(framed(stream, range(len(stream)), normalize),
+                             model(stream, normalize))
+
+    def test_long_lf_line_stays_data(self):
+        line = b"A" * 100000 + b"\nRSET\n"
+        self.assertEqual(framed(line + b"\r\n.\r\n", [5, 50000], True),
+                         (b"A" * 100000 + b"\r\nRSET\r\n\r\n", False, b""))
+
+    @given(st.lists(st.sampled_from([b"\r", b"\n", b".", b"x", b"\r\n", b"\n.", b"\r\n."]),
+                    max_size=30),
+           st.lists(st.integers(0, 200), max_size=6), st.booleans(), st.booleans())
+    def test_any_input_any_chunking(self, parts, cuts, normalize, lf_opening):
+        """
+        Whatever the input and its chunks: what the line-by-line model says.  In
+        normalize mode a message without a bare CR has CRLF line ends only and no
+        lone dot that could end the upstream's data.
+        """
+        stream = b"".join(parts) + b"\r\n.\r\nNOOP\r\n"
+        opening = b"\n" if lf_opening and normalize else b"\r\n"
+        cuts = [min(cut, len(stream)) for cut in cuts]
+        expected = model(stream, normalize, opening)
+        got = framed(stream, cuts, normalize, opening)
+        self.assertEqual(got[1:], expected[1:])
+        if normalize and not got[1]:
+            self.assertEqual(got[0], expected[0])
+            self.assertNotIn(b"\r", got[0].replace(b"\r\n", b""))
+            self.assertNotIn(b"\n", got[0].replace(b"\r\n", b""))
+            self.assertNotIn(b"\r\n.\r\n", b"\r\n" + got[0])
+        elif not normalize:
+            self.assertEqual(got[0], expected[0])

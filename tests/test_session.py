@@ -332,9 +332,9 @@ class MessageTests(SessionTestCase):
         self.assertEqual(self.policy.requests[1]["to"], ["c@d.e"])
         self.assertEqual(self.policy.requests[1]["from"], "x@y.z")
 
-    def test_bare_lf_refused(self):
+    def test_bare_cr_refused(self):
         self.envelope()
-        lines = self.send(b"DATA\r\nSubject: x\r\n\r\nb\nMAIL FROM:<e@v.il>\r\n.\r\nNOOP\r\n")
+        lines = self.send(b"DATA\r\nSubject: x\r\n\r\nb\r.\rMAIL FROM:<e@v.il>\r\n.\r\nNOOP\r\n")
         self.assertEqual(lines[1:], ["550 5.6.0 Message contains bare CR or LF", "250 2.0.0 OK"])
         self.assertEqual(self.factory.deliveries, [])
 

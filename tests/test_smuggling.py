@@ -4,8 +4,10 @@ Smuggling and injection (issue 3), each tried through the whole proxy with real 
   - SMTP smuggling: a message that hides a second transaction behind an end-of-data
     look-alike (bare CR, bare LF, every mix of them around a dot, NUL tricks), followed by a
     legitimate pipelined transaction, sent in one write, a byte at a time, and cut in two at
-    every byte.  The hidden transaction never reaches the upstream; the client gets 550 5.6.0
-    for a message with a bare CR or LF and the right reply to everything after it.
+    every byte, in both C{--bare_lf} modes.  The hidden transaction never reaches the
+    upstream, nor does a bare CR or LF; the client gets 550 5.6.0 for a message with a bare
+    CR (or, in reject mode, a bare LF), the message with its line ends normalised and its
+    lone dots stuffed otherwise, and the right reply to everything after it.
   - STARTTLS command injection: plaintext pipelined behind STARTTLS, also cut inside the
     STARTTLS line, straddling the TLS start or sent once TLS has begun, is never answered
     inside TLS and leaves no state behind.
@@ -24,7 +26,7 @@ from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
-from smtpproxy import build_factory, replies
+from smtpproxy import Limits, build_factory, replies
 from tests.support.client import connect, data_block, start_data, submit
 from tests.support.loopback import listen_loopback
 from tests.support.splitting import listen_splitting
@@ -44,8 +46,8 @@ CLEAN_LOOKALIKES = [b"\r\n\x00.\r\n", b"\r\n.\x00\r\n", b"\r\n .\r\n", b"\r\n..\
 SMUGGLED = b"MAIL FROM:<evil@example.com>\r\nRCPT TO:<victim@example.net>\r\nDATA\r\nevil\r\n"
 FIRST_HEAD = b"Subject: 1\r\n"
 SECOND = b"Subject: 2\r\n\r\nok\r\n"
-SECOND_BARE = b"Subject: 2\nbare\r\n\r\nok\r\n"
-"""A second message the proxy refuses itself, before any API call: its header has a bare LF."""
+SECOND_BARE = b"Subject: 2\rbare\r\n\r\nok\r\n"
+"""A second message the proxy refuses itself, before any API call: its header has a bare CR."""
 SENDER = b"alice@example.com"
 POLICY_HEADER = b"X-Policy: checked\r\n"  # what the stack's default API answer adds
 MESSAGE = b"From: alice@example.com\r\nSubject: hi\r\n\r\nHello.\r\n"
@@ -70,11 +72,22 @@ def log_events(case):
 def as_recorded(head, body):
     """
     What the upstream records for a message sent in wire form as C{head}, empty line,
-    C{body}: the API's header added, leading dots unstuffed.
+    C{body} (or C{body} alone when it opens the data with its own empty line): the API's
+    header added, leading dots unstuffed.
     """
     lines = body.split(CRLF)
-    return head + POLICY_HEADER + CRLF + CRLF.join(line[1:] if line[:1] == b"." else line
-                                                     for line in lines)
+    separator = b"" if not head and body.startswith(CRLF) else CRLF
+    return head + POLICY_HEADER + separator + CRLF.join(line[1:] if line[:1] == b"." else line
+                                                          for line in lines)
+
+
+def normalized(body):
+    """
+    Whole lines as the proxy relays them in normalize mode: each ends with CRLF, where the
+    client may have sent a bare LF, and a lone dot (never the end here) gets its stuffing.
+    """
+    lines = [line.removesuffix(CR) for line in body.split(LF)[:-1]]
+    return b"".join((b".." if line == b"." else line) + CRLF for line in lines)
 
 
 class Attack:
@@ -85,15 +98,20 @@ class Attack:
     @ivar at_start: the look-alike opens the data; otherwise it follows a header and "hi".
     @ivar refuse_second: pipeline L{SECOND_BARE}, not L{SECOND}: the many rounds of a test
         then skip the API's and the upstream's round trips for it.
+    @ivar normalize: the proxy runs with C{--bare_lf=normalize}: only a bare CR makes the
+        message refused, and a bare LF is a line end.
     """
 
-    def __init__(self, lookalike, number, at_start, refuse_second):
+    def __init__(self, lookalike, number, at_start, refuse_second, normalize):
         self.lookalike = lookalike
         self.first = b"f%d@example.net" % number
         self.second = b"s%d@example.net" % number
         self.refuse_second = refuse_second
-        self.bare = CR in lookalike.replace(CRLF, b"") or LF in lookalike.replace(CRLF, b"")
+        line_ends = lookalike.replace(CRLF, b"")
+        self.bare = CR in line_ends or (LF in line_ends and not normalize)
         self._body = (b"" if at_start else b"hi") + lookalike + SMUGGLED
+        self._relayed = normalized(self._body) if normalize else self._body
+        self._head = b"" if at_start else FIRST_HEAD
         head = b"" if at_start else FIRST_HEAD + CRLF
         self.data = (head + self._body + b".\r\n"
                      + b"MAIL FROM:<" + SENDER + b">\r\nRCPT TO:<" + self.second + b">\r\nDATA\r\n"
@@ -120,13 +138,14 @@ class Attack:
         """What the upstream must have for one run, per recipient."""
         expected = {}
         if not self.bare:
-            expected[self.first] = as_recorded(FIRST_HEAD, self._body)
+            expected[self.first] = as_recorded(self._head, self._relayed)
         if not self.refuse_second:
             expected[self.second] = as_recorded(b"Subject: 2\r\n", b"ok\r\n")
         return expected
 
 
 class DataSmugglingTests(TestCase):
+    limits = Limits()
     CUT_SESSIONS = 2
     """
     Sessions per look-alike for the cuts, which run side by side, each with its own
@@ -135,13 +154,14 @@ class DataSmugglingTests(TestCase):
     """
 
     def setUp(self):
-        self.stack = Stack(reactor, self.mktemp())
+        self.stack = Stack(reactor, self.mktemp(), self.limits)
         self.addCleanup(self.stack.close)
 
     def attacks(self, refuse_second=False):
         lookalikes = [(lookalike, False) for lookalike in BARE_LOOKALIKES + CLEAN_LOOKALIKES]
         lookalikes += [(lookalike, True) for lookalike in START_LOOKALIKES]
-        return [Attack(lookalike, number, at_start, refuse_second)
+        normalize = self.limits.bare_lf == "normalize"
+        return [Attack(lookalike, number, at_start, refuse_second, normalize)
                 for number, (lookalike, at_start) in enumerate(lookalikes)]
 
     def splitting(self):
@@ -188,6 +208,8 @@ class DataSmugglingTests(TestCase):
         got = defaultdict(list)
         for message in self.stack.upstream.messages:
             got[(message.sender, *message.recipients)].append(message.data)
+            self.assertNotIn(CR, message.data.replace(CRLF, b""))
+            self.assertNotIn(LF, message.data.replace(CRLF, b""))
         self.assertEqual(got, delivered)
 
     @defer.inlineCallbacks
@@ -212,6 +234,12 @@ class DataSmugglingTests(TestCase):
             for first in range(self.CUT_SESSIONS):
                 runs.append(self.attempt(attack, cuts[first::self.CUT_SESSIONS], self.splitting()))
         self.check((yield defer.gatherResults(runs)))
+
+
+class RejectModeDataSmugglingTests(DataSmugglingTests):
+    """The same attacks against C{--bare_lf=reject}: every bare LF makes a message refused."""
+
+    limits = Limits(bare_lf="reject")
 
 
 INJECTIONS = [
@@ -397,7 +425,6 @@ class ApiAnswerInjectionTests(TestCase):
 
 
 BAD_ADDRESSES = [
-    b"<a@example.com\nRCPT TO:<victim@example.net>>",
     b"<a@example.com\r>",
     b"<a\r@example.com>",
     b"<a\x00@example.com>",
@@ -407,10 +434,12 @@ BAD_ADDRESSES = [
     b"<a b@example.com>",
     b"<a@example.com> RCPT TO:<victim@example.net>",
     b"<a@example.com>\x00",
-    b"<a@example.com>\nDATA",
     b"a@example.com",
 ]
-"""Paths that would end an upstream MAIL or RCPT early, or add to it, if passed on."""
+"""
+Paths that would end an upstream MAIL or RCPT early, or add to it, if passed on.  A line
+break in a path is no such thing: it ends the command line (see L{test_line_breaks}).
+"""
 
 
 class ClientInputInjectionTests(TestCase):
@@ -434,10 +463,6 @@ class ClientInputInjectionTests(TestCase):
             self.assert_refused((yield client.command(b"MAIL FROM:" + path)), path)
             reply = yield client.command(b"RCPT TO:<bob@example.net>")
             self.assertEqual(shape(reply), (503, replies.NEED_SENDER.text), path)
-        client.send(b"MAIL FROM:<a@example.com\r\nRCPT TO:<victim@example.net>>\r\n")
-        broken, rest = yield client.replies(2)  # a CRLF ends the line: two commands, both bad
-        self.assert_refused(broken, "MAIL cut by CRLF")
-        self.assert_refused(rest, "its rest")
         yield client.command(b"MAIL FROM:<alice@example.com>", expect=250)
         for path in BAD_ADDRESSES:
             self.assert_refused((yield client.command(b"RCPT TO:" + path)), path)
@@ -454,18 +479,34 @@ class ClientInputInjectionTests(TestCase):
         self.assertEqual(message.data, MESSAGE.replace(b"\r\n\r\n", b"\r\n" + POLICY_HEADER + b"\r\n", 1))
 
     @defer.inlineCallbacks
+    def test_line_breaks(self):
+        """
+        A line break inside a path ends the command line there, a bare LF as CRLF does: two
+        commands, both refused, and no transaction is left open.
+        """
+        client = yield self.stack.session()
+        self.addCleanup(client.close)
+        for line_end in [CRLF, LF]:
+            client.send(b"MAIL FROM:<a@example.com" + line_end + b"RCPT TO:<victim@example.net>>\r\n")
+            broken, rest = yield client.replies(2)
+            self.assert_refused(broken, f"MAIL cut by {line_end!r}")
+            self.assert_refused(rest, "its rest")
+            reply = yield client.command(b"RCPT TO:<bob@example.net>")
+            self.assertEqual(shape(reply), (503, replies.NEED_SENDER.text))
+        self.assertEqual(self.stack.api.requests, [])
+
+    @defer.inlineCallbacks
     def test_auth_lines(self):
         """Raw bytes in AUTH lines are refused; the session stays usable and logged out."""
         client = yield self.stack.session(login=False)
         self.addCleanup(client.close)
         plain = base64.b64encode(b"\0alice\0" + PASSWORD.encode())
         for exchange in [
-            [b"AUTH PLAIN " + plain[:8] + b"\n" + plain[8:]],
             [b"AUTH PLAIN " + plain[:8] + b"\r" + plain[8:]],
             [b"AUTH PLAIN " + plain + b"\x00"],
             [b"AUTH PLAIN " + base64.b64encode(b"\0al\0ice\0" + PASSWORD.encode())],
             [b"AUTH LOGIN " + base64.b64encode(b"al\0ice")],
-            [b"AUTH PLAIN", plain + b"\nMAIL FROM:<evil@example.com>"],
+            [b"AUTH PLAIN", plain + b"\rMAIL FROM:<evil@example.com>"],
             [b"AUTH LOGIN", base64.b64encode(b"alice"), b"\x00" + base64.b64encode(b"pw")],
         ]:
             *steps, last = exchange
