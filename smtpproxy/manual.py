@@ -42,7 +42,8 @@ REPLIES AFTER THE FINAL DOT
     451 4.4.1                     the upstream was unreachable, slow or dropped
     4xx/5xx <upstream text>       the upstream refused (any refused recipient
                                   fails the whole message: nobody gets it)
-    550 5.6.0                     the message contained a bare CR or LF
+    550 5.6.0                     the message contained a bare CR (or, with
+                                  --bare_lf=reject, a bare LF)
     552 5.3.4                     the message or its header block was too big
     452 4.3.1                     header blocks in memory reached --header_memory
 
@@ -55,6 +56,16 @@ RECIPIENT CHECKS (--verify_recipients)
     4xx/5xx <upstream text>       the upstream refused it (or the sender)
     451 4.4.1                     the upstream could not be asked
     Accepted and 5xx verdicts are reused for --verify_cache_time seconds.
+
+LINE ENDS
+    With --bare_lf=normalize (the default, as Postfix 3.9's
+    smtpd_forbid_bare_newline=normalize) a bare LF ends a command or message
+    line as CRLF does, and the message is relayed with CRLF line ends only.
+    The data still ends only at CRLF.CRLF; a line holding one dot next to a
+    bare LF is relayed as ".." so it cannot end the upstream's data.  A bare
+    CR is never a line end: the message is refused.  With --bare_lf=reject a
+    command line ended by a bare LF gets 500 5.5.2, a message with one 550
+    5.6.0.
 
 SIGNALS
     SIGTERM  stop listening, answer idle clients 421 4.3.2, finish the

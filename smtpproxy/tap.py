@@ -22,7 +22,7 @@ from twisted.web.server import Site
 
 from smtpproxy import haproxy, manual
 from smtpproxy._version import __version__
-from smtpproxy.config import UPSTREAM_TLS, Limits, Policy, ProxyConfig, Upstream
+from smtpproxy.config import BARE_LF, UPSTREAM_TLS, Limits, Policy, ProxyConfig, Upstream
 from smtpproxy.logs import LEVELS, LogFile, LogRouter
 from smtpproxy.server import build_factory
 from smtpproxy.tls import ReloadableContext, TLSFilesError, load_trust_root
@@ -154,6 +154,9 @@ class Options(usage.Options):
          "Bytes of header blocks held in memory by all clients at once (past it: 452).", int],
         ["max_line_length", None, _defaults.max_line_length,
          "Bytes per command line (longer: 500 5.5.6).", int],
+        ["bare_lf", None, _defaults.bare_lf,
+         "A line ended by a bare LF: normalize (a line end, as CRLF) or reject "
+         "(500 5.5.2 for a command, 550 5.6.0 for a message).  A bare CR is always refused."],
         ["spool_memory", None, _defaults.spool_memory,
          "Bytes of a message kept in memory before it is spooled to a file.", int],
         ["max_connections", None, _defaults.max_connections, "Client connections in all.", int],
@@ -222,6 +225,8 @@ class Options(usage.Options):
             fail("missing mandatory option " + ", ".join(missing) + " (see --help)")
         if self["loglevel"] not in LEVELS:
             fail(f"--loglevel must be one of {', '.join(LEVELS)}")
+        if self["bare_lf"] not in BARE_LF:
+            fail(f"--bare_lf must be one of {', '.join(BARE_LF)}")
         if self["user"] is not None:
             try:
                 self["passwd"] = pwd.getpwnam(self["user"])
@@ -251,6 +256,7 @@ def config_from(options):
             max_header_size=options["max_header_size"],
             header_memory=options["header_memory"],
             max_line_length=options["max_line_length"],
+            bare_lf=options["bare_lf"],
             spool_memory=options["spool_memory"],
             max_connections=options["max_connections"],
             max_connections_per_ip=options["max_connections_per_ip"],

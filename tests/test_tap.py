@@ -126,6 +126,13 @@ class OptionsTests(SynchronousTestCase):
         config = tap.config_from(options)
         self.assertEqual((config.verify_recipients, config.verify_cache_time), (True, 5))
 
+    def test_bare_lf(self):
+        self.assertEqual(tap.config_from(self.parse(self.arguments())).limits.bare_lf, "normalize")
+        options = self.parse(self.arguments(bare_lf="reject"))
+        self.assertEqual(tap.config_from(options).limits.bare_lf, "reject")
+        line, code = self.failure(self.arguments(bare_lf="strip"))
+        self.assertEqual((line, code), ("smtpproxy: --bare_lf must be one of normalize, reject\n", 2))
+
     def test_bad_loglevel(self):
         line, _ = self.failure(self.arguments(loglevel="loud"))
         self.assertIn("--loglevel must be one of debug, info, warn, error, fatal", line)
