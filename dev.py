@@ -1,13 +1,22 @@
 #!/usr/bin/env python3
 """
-One entry point for a fresh checkout: ``python3 dev.py test`` or ``python3 dev.py demo``.
+One entry point for a fresh checkout: ``python3 dev.py test``, ``python3 dev.py
+test-oldest``, ``python3 dev.py lint`` or ``python3 dev.py demo``.
 
 It needs only Python 3.11+: it makes a virtual environment in ``.venv``,
 installs the project with its test dependencies there, and runs the command
 inside it, so nothing touches the system's Python.
+
+``test`` runs the suite on the newest releases pip finds.  ``test-oldest``
+runs it in ``.venv-oldest`` with every dependency that setup.cfg bounds from
+below (``Twisted[tls] >= X``) installed at exactly that lowest version, so
+the range setup.cfg declares is the range the suite has passed on: CI runs
+both.  ``lint`` runs ruff with the rules in ``ruff.toml``.
 """
 
+import configparser
 import os
+import re
 import subprocess
 import sys
 import venv
@@ -15,30 +24,60 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 VENV = HERE / ".venv"
-PYTHON = VENV / "bin" / "python"
+OLDEST_VENV = HERE / ".venv-oldest"
+RUFF = "ruff == 0.16.9"
+
+_LOWER_BOUND = re.compile(r"(?P<name>[A-Za-z0-9_.-]+)(?:\[[^\]]*\])?\s*>=\s*(?P<version>[0-9.]+)")
 
 
-def ensure_environment():
-    """Create .venv if needed and (re)install the project into it."""
-    if not PYTHON.exists():
-        venv.EnvBuilder(with_pip=True).create(VENV)
+def lowest_versions(setup_cfg=HERE / "setup.cfg"):
+    """
+    ``name==X`` for each ``name >= X`` in setup.cfg's install_requires: the
+    oldest releases the project claims to work with.
+    """
+    config = configparser.ConfigParser()
+    config.read(setup_cfg)
+    requirements = config["options"]["install_requires"].splitlines()
+    matches = (_LOWER_BOUND.fullmatch(line.strip()) for line in requirements)
+    return [f"{m['name']}=={m['version']}" for m in matches if m]
+
+
+def ensure_environment(path, extra=()):
+    """Create the venv at ``path`` if needed, (re)install the project and ``extra`` into it."""
+    python = path / "bin" / "python"
+    if not python.exists():
+        venv.EnvBuilder(with_pip=True).create(path)
     subprocess.run(
-        [PYTHON, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-         f"{HERE}[test]"],
+        [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+         f"{HERE}[test]", *extra],
         check=True,
     )
+    return python
 
 
 def main(argv):
-    commands = {
-        "test": [PYTHON, "-m", "pytest", "-q", "tests", *argv[2:]],
-        "demo": [PYTHON, "-m", "smtpproxy.demo", *argv[2:]],
-    }
-    if len(argv) < 2 or argv[1] not in commands:
-        sys.exit(f"usage: {argv[0]} test|demo [arguments]")
-    ensure_environment()
+    usage = f"usage: {argv[0]} test|test-oldest|lint|demo [arguments]"
+    if len(argv) < 2:
+        sys.exit(usage)
+    command, arguments = argv[1], argv[2:]
+    if command == "test":
+        python = ensure_environment(VENV)
+        run = [python, "-m", "pytest", "-q", "tests", *arguments]
+    elif command == "test-oldest":
+        pins = lowest_versions()
+        python = ensure_environment(OLDEST_VENV, pins)
+        print("testing on the oldest declared releases: " + " ".join(pins), file=sys.stderr)
+        run = [python, "-m", "pytest", "-q", "tests", *arguments]
+    elif command == "lint":
+        python = ensure_environment(VENV, [RUFF])
+        run = [python, "-m", "ruff", "check", "--quiet", *arguments]
+    elif command == "demo":
+        python = ensure_environment(VENV)
+        run = [python, "-m", "smtpproxy.demo", *arguments]
+    else:
+        sys.exit(usage)
     os.chdir(HERE)
-    os.execv(commands[argv[1]][0], [str(a) for a in commands[argv[1]]])
+    os.execv(run[0], [str(a) for a in run])
 
 
 if __name__ == "__main__":
