@@ -18,7 +18,6 @@ from twisted.internet.error import (
     ConnectionLost,
     ConnectionRefusedError,
     ProcessDone,
-    ProcessTerminated,
 )
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase

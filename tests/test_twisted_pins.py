@@ -67,7 +67,7 @@ class SMTPClientStatePins(PinTestCase):
 
     def test_replyDispatch(self):
         with self.reliedOn("SMTPClient._expected/_okresponse/_failresponse",
-                           "smtpproxy.upstream.RelaySender (every state it sets)"):
+                           "smtpproxy.upstream.RelaySender and smtpproxy.verify.CheckingClient"):
             client = smtp.SMTPClient(b"proxy.test")
             _connected(client)
             ok, failed = _Recorder(), _Recorder()
@@ -80,7 +80,7 @@ class SMTPClientStatePins(PinTestCase):
 
     def test_disconnectFromServer(self):
         with self.reliedOn("SMTPClient._disconnectFromServer",
-                           "smtpproxy.upstream.RelaySender.smtpState_msgSent"):
+                           "smtpproxy.upstream.RelaySender and smtpproxy.verify.CheckingClient (QUIT)"):
             client = smtp.SMTPClient(b"proxy.test")
             transport = _connected(client)
             client._disconnectFromServer()
@@ -89,7 +89,7 @@ class SMTPClientStatePins(PinTestCase):
 
     def test_heloState(self):
         with self.reliedOn("SMTPClient.smtpState_helo (sends HELO, then smtpState_from)",
-                           "smtpproxy.upstream.RelaySender.smtpState_helo"):
+                           "smtpproxy.upstream.UpstreamClient.smtpState_helo"):
             client = smtp.SMTPClient(b"proxy.test")
             transport = _connected(client)
             client.smtpState_helo(250, b"hi")
@@ -98,8 +98,8 @@ class SMTPClientStatePins(PinTestCase):
 
     def test_ehloStateAndHeloFallback(self):
         with self.reliedOn("ESMTPClient.esmtpState_ehlo/esmtpState_serverConfig",
-                           "smtpproxy.upstream.RelaySender (smtpState_helo, "
-                           "esmtpState_serverConfig)"):
+                           "smtpproxy.upstream (UpstreamClient.smtpState_helo, "
+                           "RelaySender.esmtpState_serverConfig)"):
             client = smtp.ESMTPClient(None, None, b"proxy.test")
             client.heloFallback = True
             client.requireAuthentication = client.requireTransportSecurity = False
@@ -113,7 +113,8 @@ class SMTPClientStatePins(PinTestCase):
 
     def test_fromStateAfterLogin(self):
         with self.reliedOn("ESMTPClient.smtpState_maybeAuthenticated (235 -> smtpState_from)",
-                           "smtpproxy.upstream.RelaySender.smtpState_from (reached after AUTH)"):
+                           "smtpproxy.upstream.RelaySender.smtpState_from and "
+                           "smtpproxy.verify.CheckingClient.smtpState_from (reached after AUTH)"):
             reached = _Recorder()
             client = smtp.ESMTPClient(None, None, b"proxy.test")
             client.smtpState_from = reached
@@ -181,7 +182,7 @@ class SMTPClientStatePins(PinTestCase):
     def test_sendError(self):
         with self.reliedOn("SMTPClient.sendError (QUIT when not fatal, else drop) and "
                            "SMTPClient.log.str()",
-                           "smtpproxy.upstream.RelaySender.sendError"):
+                           "smtpproxy.upstream.UpstreamClient.sendError"):
             client = smtp.SMTPClient(b"proxy.test")
             transport = _connected(client)
             client.sendError(smtp.SMTPClientError(451, b"4.4.1 later"))
@@ -194,7 +195,7 @@ class SMTPClientStatePins(PinTestCase):
 
     def test_timeoutReportsAnError(self):
         with self.reliedOn("SMTPClient.timeoutConnection (reports SMTPTimeoutError)",
-                           "smtpproxy.upstream.RelaySender.timeoutConnection"):
+                           "smtpproxy.upstream.UpstreamClient.timeoutConnection"):
             errors = []
             client = smtp.SMTPClient(b"proxy.test")
             _connected(client)
@@ -223,7 +224,7 @@ class SenderFactoryPins(PinTestCase):
 
     def test_attributes(self):
         with self.reliedOn("ESMTPSenderFactory.domain/result/sendFinished/fromEmail",
-                           "smtpproxy.upstream (_send and RelaySender)"):
+                           "smtpproxy.upstream (_send, UpstreamClient) and smtpproxy.verify"):
             result = Deferred()
             factory = self.factory(deferred=result)
             factory.domain = b"proxy.test"
@@ -237,7 +238,7 @@ class SenderFactoryPins(PinTestCase):
 
     def test_finishedSendIsNotReportedAgain(self):
         with self.reliedOn("SMTPSenderFactory.sendFinished (checked before retrying or reporting)",
-                           "smtpproxy.upstream.RelaySender.connectionLost"):
+                           "smtpproxy.upstream.UpstreamClient.connectionLost"):
             result = Deferred()
             factory = self.factory(deferred=result)
             factory.sendFinished = True
@@ -253,7 +254,7 @@ class SenderFactoryPins(PinTestCase):
 class TimeoutMixinPins(PinTestCase):
     def test_callLaterHook(self):
         with self.reliedOn("TimeoutMixin.callLater (the timer's clock)",
-                           "smtpproxy.session.ProxySession and smtpproxy.upstream.RelaySender"):
+                           "smtpproxy.session.ProxySession and smtpproxy.upstream.UpstreamClient"):
             clock = Clock()
             timed = TimeoutMixin()
             timed.callLater = clock.callLater
@@ -363,6 +364,20 @@ class WebClientPins(PinTestCase):
 
             Pool(MemoryReactorClock()).getConnection(("http", b"api", 80), Endpoint())
             self.assertEqual([type(f) for f in used], [Quiet])
+
+    def test_retryingProtocol(self):
+        with self.reliedOn("twisted.web.client._RetryingHTTP11ClientProtocol (its "
+                           "_clientProtocol, _newConnection and _shouldRetry)",
+                           "smtpproxy.policy (_retrying_once, _RetryOnce)"):
+            from twisted.web._newclient import RequestNotSent
+
+            retrying = webclient._RetryingHTTP11ClientProtocol
+            protocol, reconnect = object(), object()
+            wrapped = retrying(protocol, reconnect)
+            self.assertIs(wrapped._clientProtocol, protocol)
+            self.assertIs(wrapped._newConnection, reconnect)
+            self.assertTrue(wrapped._shouldRetry(b"GET", RequestNotSent(), None))
+            self.assertFalse(wrapped._shouldRetry(b"POST", RequestNotSent(), None))
 
 
 class _Wrapped(Protocol):
