@@ -87,8 +87,8 @@ class Decision:
         return cls(reply=POLICY_UNAVAILABLE, cause=cause)
 
 
-class _Malformed(Exception):
-    """The answer breaks SPEC section 4; the message says where, for the log."""
+class Malformed(Exception):
+    """An API answer breaks its contract; the message says where, for the log."""
 
 
 def parse_answer(status: int, body: bytes) -> Decision:
@@ -98,23 +98,32 @@ def parse_answer(status: int, body: bytes) -> Decision:
     """
     try:
         return _decide(status, body)
-    except _Malformed as e:
+    except Malformed as e:
         return Decision.unavailable(str(e))
 
 
-def _decide(status, body):
+def json_object(status: int, body: bytes) -> dict:
+    """
+    The JSON object a 2xx answer carries; L{Malformed} for any other
+    status or body.  Both API calls (message and login) start here.
+    """
     if not 200 <= status < 300:
-        raise _Malformed(f"HTTP status {status}")
+        raise Malformed(f"HTTP status {status}")
     try:
         answer = json.loads(body)
     except (ValueError, RecursionError) as e:
-        raise _Malformed(f"answer is not JSON ({e})") from None
+        raise Malformed(f"answer is not JSON ({e})") from None
     if not isinstance(answer, dict):
-        raise _Malformed("answer is not a JSON object")
-    allow = _field(answer, "allow", bool)
-    reason = _field(answer, "reason", str, "")
-    temporary = _field(answer, "temporary", bool, False)
-    entries = _field(answer, "headers", list, [])
+        raise Malformed("answer is not a JSON object")
+    return answer
+
+
+def _decide(status, body):
+    answer = json_object(status, body)
+    allow = field(answer, "allow", bool)
+    reason = field(answer, "reason", str, "")
+    temporary = field(answer, "temporary", bool, False)
+    entries = field(answer, "headers", list, [])
     headers = tuple(_header(i, entry) for i, entry in enumerate(entries))
     sender = _sender(answer)
     if allow:
@@ -122,14 +131,14 @@ def _decide(status, body):
     return Decision(reply=_refusal(reason, temporary))
 
 
-def _field(obj, key, kind, default=_MISSING):
+def field(obj, key, kind, default=_MISSING):
     """
     C{obj[key]}, or C{default} when absent; anything but a C{kind} (JSON
     null too) is malformed.
     """
     value = obj.get(key, default)
     if not isinstance(value, kind):
-        raise _Malformed(f"{key!r} must be a {kind.__name__}")
+        raise Malformed(f"{key!r} must be a {kind.__name__}")
     return value
 
 
@@ -140,22 +149,22 @@ def _header(index, entry):
     """
     where = f"headers[{index}]"
     if not isinstance(entry, dict):
-        raise _Malformed(f"{where} must be an object")
+        raise Malformed(f"{where} must be an object")
     name = entry.get("name")
     if not (isinstance(name, str) and _FIELD_NAME.fullmatch(name)):
-        raise _Malformed(f"{where}: 'name' must be a field name (ASCII 33-126, no colon)")
+        raise Malformed(f"{where}: 'name' must be a field name (ASCII 33-126, no colon)")
     value = entry.get("value", _MISSING)
     if value is not None and not (isinstance(value, str) and not _LINE_BREAKING.search(value)):
-        raise _Malformed(f"{where}: 'value' must be null or a string without CR, LF or NUL")
+        raise Malformed(f"{where}: 'value' must be null or a string without CR, LF or NUL")
     return name, value
 
 
 def _sender(answer):
     if "from" not in answer:
         return None
-    sender = _field(answer, "from", str)
+    sender = field(answer, "from", str)
     if sender and not valid_mailbox(sender):
-        raise _Malformed("'from' must be an address")
+        raise Malformed("'from' must be an address")
     return sender
 
 

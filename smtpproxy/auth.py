@@ -1,10 +1,11 @@
 """
 Pure: decoding of AUTH PLAIN and AUTH LOGIN (RFC 4954, RFC 4616).
 
-The proxy does not verify credentials: it records them and the policy API
-judges them with the message (SPEC section 1).  So every well-formed
-exchange ends in a L{Login}, and all that can go wrong here is malformed
-input, refused with a 501 by the session before anything is recorded.
+The proxy does not verify credentials itself: the login API judges them
+at AUTH (C{--auth_api}), or else the policy API with each message.  So
+every well-formed exchange ends in a L{Login}, and all that can go wrong
+here is malformed input, refused with a 501 by the session before
+anything is recorded.
 
 Use::
 
@@ -62,6 +63,7 @@ class Done:
 class PlainExchange:
     """PLAIN (RFC 4616): one response, C{authzid NUL authcid NUL passwd}."""
 
+    mechanism = "PLAIN"
     first = Challenge(b"")
 
     def respond(self, line: bytes) -> Done:
@@ -78,6 +80,7 @@ class LoginExchange:
     each answering a prompt; an initial response is the username.
     """
 
+    mechanism = "LOGIN"
     first = Challenge(_USERNAME_PROMPT)
 
     def __init__(self):

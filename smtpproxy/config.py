@@ -6,6 +6,7 @@ an application that embeds the proxy builds them directly.  Defaults are
 the ones SPEC section 7 names.
 """
 
+import ipaddress
 import socket
 
 from attrs import field, frozen
@@ -16,6 +17,18 @@ from twisted.internet.ssl import optionsForClientTLS
 BARE_LF = ("normalize", "reject")
 
 
+def networks(value) -> tuple:
+    """
+    C{--limit_exempt}'s networks: a comma-separated string, or an iterable
+    of strings or networks, as a tuple of C{ipaddress} networks.  A bad
+    entry (host bits set included: C{10.1.2.3/8} is more likely a typo than
+    C{10.0.0.0/8}) is a L{ValueError} naming it.
+    """
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    return tuple(ipaddress.ip_network(entry) for entry in value)
+
+
 @frozen
 class Limits:
     """
@@ -24,10 +37,17 @@ class Limits:
     @ivar bare_lf: what a line ended by a bare LF is (see
         L{smtpproxy.framing}): C{"normalize"}, a line end as CRLF is (as
         Postfix 3.9 and later do by default); C{"reject"}, an error.
+    @ivar limit_exempt: the networks (L{networks}) whose clients no
+        per-address limit applies to: C{max_connections_per_ip} and the
+        lock-out after C{max_auth_failures}.  C{max_connections} still
+        counts them.
     """
 
     max_connections: int = 1000
     max_connections_per_ip: int = 50
+    max_auth_failures: int = 5
+    auth_failure_window: float = 300
+    limit_exempt: tuple = field(default=("127.0.0.0/8", "::1/128"), converter=networks)
     max_recipients: int = 100
     max_message_size: int = 52428800
     max_header_size: int = 131072
@@ -38,6 +58,18 @@ class Limits:
     data_timeout: float = 600
     spool_memory: int = 256 * 1024
     bare_lf: str = field(default="normalize", validator=in_(BARE_LF))
+
+    def exempt(self, address: str) -> bool:
+        """
+        Whether the client at C{address} (an IP address as the session
+        shows it, or a UNIX socket's name, which is never exempt) is in
+        C{limit_exempt}.
+        """
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self.limit_exempt)
 
 
 UPSTREAM_TLS = ("none", "starttls", "tls")
@@ -99,6 +131,9 @@ class Policy:
     @ivar queue: requests that may wait for one of those; past it a
         message gets C{451 4.3.0} at once.  A request waits at most
         C{timeout} in all, queue included.
+    @ivar auth_url: where to check each login at AUTH (C{--auth_api}), with
+        the same deadline and CA; C{None}: every well-formed login is taken
+        and the API at C{url} judges the password with each message.
     """
 
     url: str
@@ -107,6 +142,7 @@ class Policy:
     idle_timeout: float = 2
     connections: int = 64
     queue: int = 1000
+    auth_url: str | None = None
 
 
 @frozen

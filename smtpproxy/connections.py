@@ -5,7 +5,12 @@ A client over a limit is refused before the greeting, so it costs one
 accept and one reply line, and the sessions already admitted never notice.
 Only admitted connections are counted, and an address leaves the table
 when its last connection closes: the table holds at most
-C{max_connections} addresses whatever an attacker does.
+C{max_connections} addresses whatever an attacker does.  Clients in
+C{limit_exempt} (the proxy's own host by default, as Postfix exempts
+C{$mynetworks}) count toward C{max_connections} only: an application
+server next door that keeps many connections busy would otherwise be
+refused now and then, since a connection it has closed is still counted
+until the proxy gets round to noticing.
 
 Refusals come in floods exactly when they matter, so they are logged as a
 summary: the first refusal at once, then at most one line per
@@ -34,6 +39,7 @@ class ConnectionTable:
     """
 
     def __init__(self, limits, clock, metrics):
+        self._limits = limits
         self._max = limits.max_connections
         self._max_per_address = limits.max_connections_per_ip
         self._clock = clock
@@ -57,15 +63,19 @@ class ConnectionTable:
         """
         if self.total >= self._max:
             return self._refuse(address, "max_connections", self._max)
-        if self._per_address[address] >= self._max_per_address:
+        exempt = self._limits.exempt(address)
+        if not exempt and self._per_address[address] >= self._max_per_address:
             return self._refuse(address, "max_connections_per_ip", self._max_per_address)
         self.total += 1
-        self._per_address[address] += 1
+        if not exempt:
+            self._per_address[address] += 1
         return None
 
     def release(self, address):
         """An admitted connection from C{address} has closed."""
         self.total -= 1
+        if self._limits.exempt(address):
+            return
         self._per_address[address] -= 1
         if not self._per_address[address]:
             del self._per_address[address]

@@ -22,6 +22,7 @@ from twisted.web.resource import Resource
 from smtpproxy import replies
 
 OUTCOMES = ("delivered", "denied", "temp_failed", "refused_upstream", "refused_limit", "invalid")
+LOGINS = ("ok", "invalid", "temp_failed", "locked_out")
 
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _SIZE = (1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 52428800)
@@ -45,6 +46,11 @@ def outcome(reply, policy_denied=False):
     return "temp_failed" if reply.temporary else "refused_upstream"
 
 
+def login_result(reply):
+    """The result label for the reply to an AUTH checked with the login API."""
+    return {235: "ok", 535: "invalid", 421: "locked_out"}.get(reply.code, "temp_failed")
+
+
 class Metrics:
     """The proxy's counters, gauges and histograms."""
 
@@ -63,6 +69,15 @@ class Metrics:
             "smtpproxy_messages", "Messages by outcome.", ["outcome"], registry=self.registry)
         for name in OUTCOMES:
             self.messages.labels(name)
+        self.logins = Counter(
+            "smtpproxy_logins", "Logins checked at AUTH (--auth_api), by result.", ["result"],
+            registry=self.registry)
+        for name in LOGINS:
+            self.logins.labels(name)
+        self.lockouts = Counter(
+            "smtpproxy_auth_lockouts",
+            "Client addresses locked out after too many failed logins.",
+            registry=self.registry)
         self.api_latency = Histogram(
             "smtpproxy_api_latency_seconds", "Policy API exchanges.",
             buckets=_LATENCY, registry=self.registry)

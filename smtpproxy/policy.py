@@ -1,12 +1,16 @@
 """
 The policy API client: one POST per message (SPEC section 3), the answer
-judged by L{smtpproxy.answer}.
+judged by L{smtpproxy.answer}, and, with C{--auth_api}, one POST per login,
+judged by L{smtpproxy.login}.
 
+Both calls share one connection pool, TLS policy, CA bundle, deadline and
+limit of exchanges at once: they go to the same kind of service, often the
+same one, and a second pool would only double the idle connections.
 Whatever goes wrong on the way (refused connection, TLS failure, timeout,
-redirect, oversized or malformed answer) ends as the 451 decision and one
-warning naming the cause, so the caller has exactly one thing to handle: a
-L{Decision}.  The request body is never logged: it holds the client's
-password.
+redirect, oversized or malformed answer) ends as the "unavailable" result
+of that call (451 for a message, 454 for a login) and one warning naming
+the cause, so the caller has exactly one thing to handle.  The request
+body is never logged: it holds the client's password.
 """
 
 import json
@@ -21,6 +25,7 @@ from twisted.internet.defer import (
 )
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.client import (
     Agent,
     _HTTP11ClientFactory,
@@ -37,6 +42,7 @@ from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
 from smtpproxy.answer import Decision, parse_answer
+from smtpproxy.login import LoginVerdict, parse_login_answer
 from smtpproxy.tls import load_trust_root
 
 MAX_ANSWER = 1024 * 1024
@@ -133,7 +139,8 @@ class QueueFull(Exception):
 
 class PolicyClient:
     """
-    Asks the policy API about messages over one persistent connection pool.
+    Asks the policy API about messages (and logins) over one persistent
+    connection pool.
 
     @param http: a treq L{HTTPClient} to use instead of the pooled one
         (L{treq.testing.StubTreq} in unit tests).
@@ -164,46 +171,64 @@ class PolicyClient:
         any more fail at once: an overloaded API gets no more work than it
         can answer in time.
         """
+        return self._ask(self._policy.url, request, parse_answer, Decision.unavailable, "policy")
+
+    def check_login(self, request: dict) -> Deferred:
+        """
+        POST C{request} (from L{smtpproxy.login.build_login_request}) to
+        the login API and fire with the L{LoginVerdict}; as L{check}
+        otherwise, in the same pool, queue and deadline.
+        """
+        return self._ask(
+            self._policy.auth_url, request, parse_login_answer, LoginVerdict.unavailable, "login"
+        )
+
+    def _ask(self, url, request, parse, unavailable, name):
+        """
+        The exchange both calls make: C{parse(status, body)} judges the
+        answer, C{unavailable(cause)} stands for any failure on the way.
+        """
         if len(self._slots.waiting) >= self._policy.queue:
             exchange = maybeDeferred(_queue_full, self._policy.queue)
         else:
-            exchange = self._slots.run(self._exchange, request)
-        exchange.addTimeout(self._policy.timeout, self._reactor, onTimeoutCancel=_timed_out)
+            exchange = self._slots.run(self._exchange, url, request, parse)
+        exchange.addTimeout(self._policy.timeout, self._reactor,
+                            onTimeoutCancel=_timed_out(unavailable))
 
-        def cancel(decision):
+        def cancel(outcome):
             # Fail the caller's Deferred first, so the aborted exchange's
             # error finds it already fired and is dropped unlogged.
-            decision.errback(CancelledError())
+            outcome.errback(CancelledError())
             exchange.cancel()
 
-        decision = Deferred(cancel)
+        outcome = Deferred(cancel)
 
-        def settle(outcome):
-            if decision.called:
+        def settle(result):
+            if outcome.called:
                 return
-            if not isinstance(outcome, Decision):
-                outcome = Decision.unavailable(_describe(outcome))
-            if outcome.cause is not None:
-                log.warn("policy API unavailable: {cause}", cause=outcome.cause)
-            decision.callback(outcome)
+            if isinstance(result, Failure):
+                result = unavailable(_describe(result))
+            if result.cause is not None:
+                log.warn("{name} API unavailable: {cause}", name=name, cause=result.cause)
+            outcome.callback(result)
 
         exchange.addBoth(settle)
-        return decision
+        return outcome
 
-    def _exchange(self, request):
+    def _exchange(self, url, request, parse):
         d = self._http.post(
-            self._policy.url,
+            url,
             data=json.dumps(request, ensure_ascii=False).encode("utf-8"),
             headers={"Content-Type": "application/json"},
             allow_redirects=False,
             unbuffered=True,
         )
-        return d.addCallback(self._answered)
+        return d.addCallback(self._answered, parse)
 
-    def _answered(self, response):
+    def _answered(self, response, parse):
         reader = _AnswerReader()
         response.deliverBody(reader)
-        return reader.done.addCallback(lambda body: parse_answer(response.code, body))
+        return reader.done.addCallback(lambda body: parse(response.code, body))
 
     def close(self) -> Deferred:
         """Close the pooled connections (at shutdown and in tests)."""
@@ -253,12 +278,12 @@ def _queue_full(size):
     raise QueueFull(f"{size} requests already waiting for a connection (--api_queue)")
 
 
-def _timed_out(result, timeout):
+def _timed_out(unavailable):
     """
     The whole exchange took too long: that is the cause, whatever the
     cancelled request failed with.
     """
-    return Decision.unavailable(f"no answer within {timeout} seconds")
+    return lambda result, timeout: unavailable(f"no answer within {timeout} seconds")
 
 
 def _describe(failure):

@@ -62,6 +62,9 @@ def relayed(code, enhanced, text):
 # Session replies (SPEC section 1).
 SERVICE_READY_TLS = Reply(220, "2.0.0 Ready to start TLS")
 AUTH_OK = Reply(235, "2.7.0 Authentication successful")
+AUTH_INVALID = Reply(535, "5.7.8 Authentication credentials invalid")
+AUTH_TEMPORARY_FAILURE = Reply(454, "4.7.0 Temporary authentication failure")
+AUTH_LOCKED_OUT = Reply(421, "4.7.0 Too many authentication failures, try again later")
 SENDER_OK = Reply(250, "2.1.0 Sender OK")
 RECIPIENT_OK = Reply(250, "2.1.5 Recipient OK")
 RESET_OK = Reply(250, "2.0.0 Reset state")

@@ -10,14 +10,16 @@ use it through L{build_factory}.
 
 import itertools
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.mail import smtp
 
 from smtpproxy import replies, upstream
 from smtpproxy.connections import ConnectionTable
 from smtpproxy.headers import Budget
-from smtpproxy.metrics import Metrics
+from smtpproxy.lockout import FailureTable
+from smtpproxy.login import build_login_request
+from smtpproxy.metrics import Metrics, login_result
 from smtpproxy.policy import PolicyClient
 from smtpproxy.session import ProxySession
 from smtpproxy.transaction import Transaction
@@ -42,6 +44,8 @@ class ProxyFactory(smtp.SMTPFactory):
         self.connections = ConnectionTable(config.limits, reactor, self.metrics)
         self.verdicts = VerdictCache(reactor, config.verify_cache_time)
         self.header_budget = Budget(config.limits.header_memory)
+        self.failures = FailureTable(
+            config.limits.max_auth_failures, config.limits.auth_failure_window, reactor)
         self.draining = False
         self._numbers = itertools.count(1)
         self._sessions = set()
@@ -63,6 +67,9 @@ class ProxyFactory(smtp.SMTPFactory):
         if self.draining:
             self.metrics.connections_refused.labels("draining").inc()
             return replies.SHUTTING_DOWN
+        if self._locked(session.client):
+            self.metrics.connections_refused.labels("max_auth_failures").inc()
+            return replies.AUTH_LOCKED_OUT
         refusal = self.connections.admit(session.client)
         if refusal is None:
             self._sessions.add(session)
@@ -141,6 +148,50 @@ class ProxyFactory(smtp.SMTPFactory):
         for session in list(self._sessions):
             if session not in committed:
                 session.cut_off()
+
+    def authenticate(self, login, mechanism, client, helo):
+        """
+        Check a completed AUTH with the login API (C{--auth_api}): a
+        Deferred firing with the reply to the AUTH command, C{235} only
+        when the API allowed it; never failing.  An address locked out
+        after too many failures gets C{421} without asking, so a guesser's
+        parallel connections learn nothing during the lock; the failure
+        that locks it gets C{421} instead of its C{535}.
+        """
+        if self._locked(client):
+            return succeed(self._logged(replies.AUTH_LOCKED_OUT, login, mechanism, client))
+        request = build_login_request(login, mechanism, client, helo)
+        checked = self.policy.check_login(request)
+        return checked.addCallback(self._judged, login, mechanism, client)
+
+    def _judged(self, verdict, login, mechanism, client):
+        reply = verdict.reply
+        if reply == replies.AUTH_INVALID and not self.config.limits.exempt(client):
+            if self.failures.failed(client):
+                self.metrics.lockouts.inc()
+                log.warn(
+                    "locking out {client} for {window} s after {count} failed logins",
+                    client=client, window=self.config.limits.auth_failure_window,
+                    count=self.config.limits.max_auth_failures,
+                )
+            if self.failures.locked(client):
+                reply = replies.AUTH_LOCKED_OUT
+        return self._logged(reply, login, mechanism, client)
+
+    def _logged(self, reply, login, mechanism, client):
+        """One log line and one count per login checked; never the password."""
+        result = login_result(reply)
+        self.metrics.logins.labels(result).inc()
+        log.info(
+            "login {result} client={client} user={user!r} mechanism={mechanism} "
+            "reply={code} {text}",
+            result=result, client=client, user=login.username, mechanism=mechanism,
+            code=reply.code, text=reply.text,
+        )
+        return reply
+
+    def _locked(self, client):
+        return not self.config.limits.exempt(client) and self.failures.locked(client)
 
     def transaction(self, login, client, helo):
         return Transaction(self, login, client, helo)

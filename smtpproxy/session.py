@@ -9,9 +9,10 @@ greeting, the TLS context and STARTTLS capability check, the EHLO extension
 listing, reply formatting and the idle timer.
 
 Input goes through a pull-based L{Framer}: while a reply is pending (a
-message's outcome, or a recipient's verdict from the upstream with
-C{--verify_recipients}) the session stops pulling (and pauses the socket),
-so a command pipelined after the final dot or after such a RCPT is
+message's outcome, a recipient's verdict from the upstream with
+C{--verify_recipients}, or the login API's verdict on AUTH with
+C{--auth_api}) the session stops pulling (and pauses the socket), so a
+command pipelined after the final dot or after such a RCPT or AUTH is
 answered only after that reply, and every command gets exactly one reply,
 in order.  The session is also the transport's push producer of replies:
 a client that pipelines commands but never reads the replies fills the
@@ -283,13 +284,26 @@ class ProxySession(smtp.ESMTP):
             self._auth_step(step)
 
     def _auth_step(self, step):
-        """Ask for more, or record the login: the API judges it later."""
+        """
+        Ask for more, or take the login: checked now by the login API when
+        there is one, else recorded for the policy API to judge later.
+        """
         if isinstance(step, auth.Challenge):
             self.sendCode(334, step.prompt)
-        else:
-            self._auth = None
+            return
+        mechanism, self._auth = self._auth.mechanism, None
+        if self.factory.config.policy.auth_url is None:
             self._login = step.login
             self.reply(replies.AUTH_OK)
+            return
+        helo = _text(self._helo[0] or b"")
+        checked = self.factory.authenticate(step.login, mechanism, self.client, helo)
+        self._await(checked.addCallback(self._authenticated, step.login))
+
+    def _authenticated(self, reply, login):
+        if reply == replies.AUTH_OK:
+            self._login = login
+        return reply
 
     def smtp_MAIL(self, argument):
         if self._login is None:
@@ -392,9 +406,15 @@ class ProxySession(smtp.ESMTP):
         self._resume(reply)
 
     def _resume(self, reply):
-        """Send the reply that held the input, then take input again."""
+        """
+        Send the reply that held the input, then take input again; after a
+        C{421} (a lock-out) the connection is closed instead.
+        """
         self.reply(reply)
         self._held = False
+        if reply.code == 421:
+            self._close()
+            return
         if self._closing or self.factory.draining:
             self.shut_down()  # nothing more for a client that hung up after its dot
             return

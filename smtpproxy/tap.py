@@ -22,7 +22,7 @@ from twisted.web.server import Site
 
 from smtpproxy import haproxy, manual
 from smtpproxy._version import __version__
-from smtpproxy.config import BARE_LF, UPSTREAM_TLS, Limits, Policy, ProxyConfig, Upstream
+from smtpproxy.config import BARE_LF, UPSTREAM_TLS, Limits, Policy, ProxyConfig, Upstream, networks
 from smtpproxy.logs import LEVELS, LogFile, LogRouter
 from smtpproxy.server import build_factory
 from smtpproxy.tls import ReloadableContext, TLSFilesError, load_trust_root
@@ -137,6 +137,9 @@ class Options(usage.Options):
         ["api_connections", None, _policy.connections, "API requests at once.", int],
         ["api_queue", None, _policy.queue,
          "API requests that may wait for a connection (past it: 451).", int],
+        ["auth_api", None, None,
+         "Login API URL: check each AUTH there (535 for a wrong password) "
+         "[default: off, the --api judges the password with each message]."],
         ["upstream_timeout", None, 60.0, "Seconds per upstream step.", float],
         ["verify_cache_time", None, 60.0,
          "Seconds a --verify_recipients verdict (accepted, or refused 5xx) is reused; 0: never.",
@@ -162,6 +165,12 @@ class Options(usage.Options):
         ["max_connections", None, _defaults.max_connections, "Client connections in all.", int],
         ["max_connections_per_ip", None, _defaults.max_connections_per_ip,
          "Client connections from one address.", int],
+        ["max_auth_failures", None, _defaults.max_auth_failures,
+         "Failed logins (535) from one address that lock it out (421).", int],
+        ["auth_failure_window", None, _defaults.auth_failure_window,
+         "Seconds the failed logins are counted in, and the lock-out lasts.", float],
+        ["limit_exempt", None, ",".join(str(n) for n in _defaults.limit_exempt),
+         "Networks (CIDR[,CIDR...]) no per-address limit applies to; empty for none."],
         ["idle_timeout", None, _defaults.idle_timeout, "Seconds per command after TLS.", float],
         ["pretls_timeout", None, _defaults.pretls_timeout,
          "Seconds from connect to the first command inside TLS.", float],
@@ -233,6 +242,10 @@ class Options(usage.Options):
             except KeyError:
                 fail(f"--user: no such user {self['user']}")
         try:
+            self["exempt"] = networks(self["limit_exempt"])
+        except ValueError as e:
+            fail(f"--limit_exempt: {e}")
+        try:
             self["tls"] = ReloadableContext(self["tls_cert"], self["tls_key"])
         except TLSFilesError as e:
             fail(str(e))
@@ -246,7 +259,7 @@ def config_from(options):
         policy=Policy(
             url=options["api"], timeout=options["api_timeout"], ca_path=options["api_ca"],
             idle_timeout=options["api_idle_timeout"], connections=options["api_connections"],
-            queue=options["api_queue"],
+            queue=options["api_queue"], auth_url=options["auth_api"],
         ),
         upstream=options["upstream"],
         tls=options["tls"],
@@ -260,6 +273,9 @@ def config_from(options):
             spool_memory=options["spool_memory"],
             max_connections=options["max_connections"],
             max_connections_per_ip=options["max_connections_per_ip"],
+            max_auth_failures=options["max_auth_failures"],
+            auth_failure_window=options["auth_failure_window"],
+            limit_exempt=options["exempt"],
             idle_timeout=options["idle_timeout"],
             pretls_timeout=options["pretls_timeout"],
             data_timeout=options["data_timeout"],

@@ -73,7 +73,10 @@ class ConnectionLimitTests(TestCase):
     """The limits on real connections: 421 instead of the greeting, the others untouched."""
 
     def setUp(self):
-        self.stack = Stack(reactor, self.mktemp(), Limits(max_connections=3, max_connections_per_ip=2))
+        # Loopback clients are exempt from the per-address limit by default:
+        # these tests are about that limit, so nobody is exempt here.
+        limits = Limits(max_connections=3, max_connections_per_ip=2, limit_exempt=())
+        self.stack = Stack(reactor, self.mktemp(), limits)
         self.addCleanup(self.stack.close)
 
     @defer.inlineCallbacks

@@ -84,6 +84,34 @@ class OptionsTests(SynchronousTestCase):
         service = tap.makeService(options, reactor=MemoryReactorClock())
         self.assertEqual(service.drain_timeout, 7)
 
+    def test_login_check_and_lockout_options(self):
+        options = self.parse(self.arguments(
+            auth_api="http://127.0.0.1:1/login", max_auth_failures=3, auth_failure_window=60,
+            limit_exempt="10.0.0.0/8, 2001:db8::/32"))
+        config = tap.config_from(options)
+        self.assertEqual(config.policy.auth_url, "http://127.0.0.1:1/login")
+        self.assertEqual(
+            (config.limits.max_auth_failures, config.limits.auth_failure_window,
+             [str(n) for n in config.limits.limit_exempt]),
+            (3, 60, ["10.0.0.0/8", "2001:db8::/32"]))
+
+    def test_login_check_off_and_loopback_exempt_by_default(self):
+        config = tap.config_from(self.parse(self.arguments()))
+        self.assertIsNone(config.policy.auth_url)
+        self.assertEqual([str(n) for n in config.limits.limit_exempt], ["127.0.0.0/8", "::1/128"])
+        self.assertEqual((config.limits.max_auth_failures, config.limits.auth_failure_window),
+                         (5, 300))
+
+    def test_empty_limit_exempt_exempts_nobody(self):
+        config = tap.config_from(self.parse(self.arguments(limit_exempt="")))
+        self.assertEqual(config.limits.limit_exempt, ())
+        self.assertFalse(config.limits.exempt("127.0.0.1"))
+
+    def test_bad_limit_exempt(self):
+        line, code = self.failure(self.arguments(limit_exempt="127.0.0.0/8,10.1.2.3/8"))
+        self.assertEqual(line, "smtpproxy: --limit_exempt: 10.1.2.3/8 has host bits set\n")
+        self.assertEqual(code, 2)
+
     def test_missing_mandatory(self):
         line, code = self.failure(self.arguments(api=None, listen=None))
         self.assertEqual(line, "smtpproxy: missing mandatory option --listen or --listen_tls, --api (see --help)\n")
@@ -236,7 +264,8 @@ class OptionsTests(SynchronousTestCase):
         for name in ["listen", "user", "tohost", "toport", "tls_cert", "tls_key", "api",
                      "logpath", "loglevel", "smtplog", "credentials", "max_recipients",
                      "upstream_tls", "upstream_ca", "upstream_user", "upstream_password_file",
-                     "max_connections", "max_connections_per_ip", "data_timeout", "drain_timeout"]:
+                     "max_connections", "max_connections_per_ip", "data_timeout", "drain_timeout",
+                     "auth_api", "max_auth_failures", "auth_failure_window", "limit_exempt"]:
             self.assertIn("--" + name, manual)
 
     def test_readme_lists_every_option(self):

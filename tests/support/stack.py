@@ -25,17 +25,26 @@ def allow(request):
     return {"allow": True, "headers": [{"name": "X-Policy", "value": "checked"}]}
 
 
+def allow_login(request):
+    """The default login API answer: allow."""
+    return {"allow": True}
+
+
 class Stack:
     """
     @ivar api: the L{tests.support.api.FakeApi}.
+    @ivar auth_api: the L{tests.support.api.FakeApi} that checks logins
+        (C{--auth_api}) when the stack has C{login_check}, else None.
     @ivar upstream: the L{tests.support.upstream.FakeUpstream}.
     @ivar port: the proxy's port.
     @ivar client_tls: client TLS options that trust the proxy's certificate.
     """
 
     def __init__(self, reactor, directory, limits=Limits(), api_timeout=5, upstream_timeout=5,
-                 **config):
+                 login_check=False, policy=None, **config):
         """
+        @param policy: a L{Policy} to use instead of one naming the fake APIs
+            (for a real API such as the reference one).
         @param config: further L{ProxyConfig} fields, such as C{verify_recipients=True}.
         """
         os.makedirs(directory)
@@ -43,9 +52,11 @@ class Stack:
         self.reactor = reactor
         self.client_tls = client_options(certs)
         self.api = start_api(reactor, allow)
+        self.auth_api = start_api(reactor, allow_login) if login_check else None
         self.upstream = start_upstream(reactor)
+        auth_url = None if self.auth_api is None else self.auth_api.url
         self.config = ProxyConfig(
-            policy=Policy(url=self.api.url, timeout=api_timeout),
+            policy=policy or Policy(url=self.api.url, timeout=api_timeout, auth_url=auth_url),
             upstream=Upstream(host="127.0.0.1", port=self.upstream.port, timeout=upstream_timeout),
             tls=server_options(certs),
             hostname="proxy.test",
@@ -83,5 +94,5 @@ class Stack:
             self.factory.close(),
             self.api.close(),
             self.upstream.close(),
-        ])
+        ] + ([] if self.auth_api is None else [self.auth_api.close()]))
 
