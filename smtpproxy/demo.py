@@ -2,7 +2,9 @@
 The proxy on an embedded default: ``python3 dev.py demo``.
 
 It starts, all on loopback, the reference policy API (L{smtpproxy.refapi})
-on a policy file it writes the first time, a mail sink that stores what
+on a policy file it writes the first time, asked about each login at AUTH
+(C{--auth_api}, the recommended setup: a wrong password is a 535 there)
+and about each message, a mail sink that stores what
 it receives in a Maildir, and the proxy between a mail client and that
 sink, with a freshly made certificate.  It prints how to send a test mail
 and where it lands; Ctrl-C stops everything.
@@ -115,6 +117,7 @@ class Demo:
 
     port: int
     api: str
+    auth_api: str
     policy: str
     ca: str
     maildir: str
@@ -133,7 +136,7 @@ smtpproxy demo is running (Ctrl-C stops it).
   submission   127.0.0.1:{port}, STARTTLS required, AUTH PLAIN or LOGIN
   login        {user} / {password}
   certificate  {ca} (the CA that signed the proxy's certificate)
-  policy API   {api}
+  policy API   {api} (messages), {auth_api} (logins)
   policy file  {policy}
   mail lands   {maildir}/new/
 
@@ -161,16 +164,17 @@ def start(reactor, directory, port):
     write_policy(policy)
     api_port = yield listen(0, PolicySite(PolicyResource(reactor, load(policy))))
     sink_port = yield listen(0, MaildirSink(maildir))
-    api = f"http://127.0.0.1:{api_port.getHost().port}/check"
+    api = f"http://127.0.0.1:{api_port.getHost().port}"
     config = ProxyConfig(
-        policy=Policy(url=api),
+        policy=Policy(url=api + "/check", auth_url=api + "/login"),
         upstream=Upstream(host="127.0.0.1", port=sink_port.getHost().port),
         tls=load_context(certs.cert_path, certs.key_path),
         hostname="localhost",
     )
     factory = build_factory(config, reactor)
     proxy_port = yield listen(port, factory)
-    return Demo(proxy_port.getHost().port, api, policy, certs.ca_path, maildir,
+    return Demo(proxy_port.getHost().port, config.policy.url, config.policy.auth_url, policy,
+                certs.ca_path, maildir,
                 [api_port, sink_port, proxy_port], factory)
 
 
@@ -180,8 +184,8 @@ def run(reactor, directory, port):
     demo = yield start(reactor, directory, port)
     reactor.addSystemEventTrigger("before", "shutdown", demo.stop)
     print(INSTRUCTIONS.format(port=demo.port, user=USER, password=PASSWORD, ca=demo.ca,
-                              api=demo.api, policy=demo.policy, maildir=demo.maildir,
-                              python=sys.executable),
+                              api=demo.api, auth_api=demo.auth_api, policy=demo.policy,
+                              maildir=demo.maildir, python=sys.executable),
           flush=True)
     yield defer.Deferred()
 

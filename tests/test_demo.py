@@ -12,7 +12,7 @@ from twisted.trial.unittest import TestCase
 
 from smtpproxy import demo
 from smtpproxy.refapi import load
-from tests.support.client import send_mail
+from tests.support.client import UnexpectedReply, send_mail
 
 MESSAGE = b"Subject: hello\r\n\r\nIt works.\r\n"
 
@@ -40,9 +40,10 @@ class DemoTests(TestCase):
         self.assertTrue(stored.endswith(b"\n\nIt works.\n"))
 
     @defer.inlineCallbacks
-    def test_wrong_password_refused(self):
-        reply = yield self.send("wrong")
-        self.assertEqual((reply.code, reply.text), (550, "5.7.1 unknown user or wrong password"))
+    def test_wrong_password_refused_at_auth(self):
+        """The demo checks the login at AUTH: 535, as a mail client expects."""
+        failure = yield self.assertFailure(self.send("wrong"), UnexpectedReply)
+        self.assertEqual(str(failure.reply), "535 5.7.8 Authentication credentials invalid")
         self.assertEqual(os.listdir(os.path.join(self.demo.maildir, "new")), [])
 
     def test_policy_file_kept_for_editing(self):

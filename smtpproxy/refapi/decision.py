@@ -1,6 +1,11 @@
 """
 Pure: the reference API's answer (SPEC section 4) to one request (SPEC
-section 3), given the account whose password matched.
+section 3), given the account whose password matched; and its answer to a
+login check (C{--auth_api}).
+
+The two calls are told apart by their shape, so that one URL may serve
+both: a body with a C{"mechanism"} key is a login check (the message
+request has none), anything else must be a message request.
 
 The checks run in a fixed order (login, sender, recipients, rate) and the
 first that fails is the reason, naming what failed, so a user can fix it.
@@ -30,18 +35,34 @@ class Request:
     recipients: tuple[str, ...]
 
 
-def parse_request(body: bytes) -> Request:
-    """The L{Request} in a POST body, or L{BadRequest} saying what is missing."""
+@frozen
+class LoginRequest:
+    """A login check: only the credentials count."""
+
+    username: str
+    password: str = field(repr=False)
+
+
+def parse_request(body: bytes) -> Request | LoginRequest:
+    """
+    The L{Request} or L{LoginRequest} in a POST body, or L{BadRequest}
+    saying what is missing.
+    """
     try:
         asked = json.loads(body)
     except (ValueError, RecursionError):
         raise BadRequest("body is not JSON") from None
     if not isinstance(asked, dict):
         raise BadRequest("body is not a JSON object")
-    for key, kind, name in (("username", str, "a string"), ("password", str, "a string"),
-                            ("from", str, "a string"), ("to", list, "a list")):
+    login = "mechanism" in asked
+    keys = (("username", str, "a string"), ("password", str, "a string"))
+    if not login:
+        keys += (("from", str, "a string"), ("to", list, "a list"))
+    for key, kind, name in keys:
         if not isinstance(asked.get(key), kind):
             raise BadRequest(f"{key!r} is missing or not {name}")
+    if login:
+        return LoginRequest(asked["username"], asked["password"])
     if not all(isinstance(recipient, str) for recipient in asked["to"]):
         raise BadRequest("'to' must be a list of strings")
     return Request(asked["username"], asked["password"], asked["from"], tuple(asked["to"]))
@@ -73,13 +94,18 @@ class RateLimiter:
         self._buckets = {name: b for name, b in self._buckets.items() if name in names}
 
 
-def decide(account: Account | None, request: Request, limiter: RateLimiter, now: float) -> dict:
+def decide(account: Account | None, request: Request | LoginRequest, limiter: RateLimiter,
+           now: float) -> dict:
     """
     The answer for C{request}; C{account} is None when the login failed
     (unknown user and wrong password alike, so names cannot be probed).
+    A login check is allowed on the password alone: the rest is the
+    message's business.
     """
     if account is None:
         return _deny(LOGIN_FAILED)
+    if isinstance(request, LoginRequest):
+        return {"allow": True}
     if not _sender_allowed(account, request.sender):
         return _deny(f"sender {request.sender or NULL_SENDER} not allowed for {account.name}")
     refused = _refused_domains(account, request.recipients)
