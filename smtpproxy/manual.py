@@ -34,6 +34,26 @@ DESCRIPTION
     to --tohost:--toport and gives the client the upstream's answer.  The
     client hears 250 only after the upstream accepted the message.
 
+LOGIN CHECK (--auth_api, recommended)
+    With --auth_api=URL each completed AUTH is POSTed there first (same
+    timeout, CA and connection pool as --api):
+
+        {"username": "...", "password": "...", "mechanism": "PLAIN",
+         "client_address": "192.0.2.1", "helo": "client.example"}
+
+    235 2.7.0                     {"allow": true}
+    535 5.7.8                     {"allow": false}: the client may try again
+    454 4.7.0                     {"allow": false, "temporary": true}, or the
+                                  API was down, slow or answered nonsense
+    421 4.7.0                     --max_auth_failures 535s from one address
+                                  within --auth_failure_window: that
+                                  connection is closed, and the address gets
+                                  421 before the greeting until one window
+                                  has passed (not for --limit_exempt)
+
+    Without it, AUTH takes any well-formed login and the API judges the
+    password with each message (550 after DATA).
+
 REPLIES AFTER THE FINAL DOT
     250 2.0.0 <upstream text>     the upstream accepted the message
     550 5.7.1 <reason>            the API refused the message
@@ -80,7 +100,8 @@ SIGNALS
 
 LOGS
     --logpath gets one info line per message (client, user, sender, recipient
-    count, size, policy decision and latency, reply, time).  --smtplog gets
+    count, size, policy decision and latency, reply, time), one per login
+    checked with --auth_api, and a warning per address locked out.  --smtplog gets
     every command and reply; AUTH data shows as [REDACTED] unless
     --credentials is given.  No password is logged anywhere else.
 """

@@ -10,12 +10,9 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from smtpproxy import Limits, replies
 from smtpproxy.connections import ConnectionTable
-from smtpproxy.haproxy import _HeaderFirstFactory
 from smtpproxy.metrics import Metrics
-from tests.support.client import ScriptedClient, connect
-from tests.support.loopback import listen_loopback
+from tests.support.client import ScriptedClient
 from tests.support.stack import Stack
-from tests.test_haproxy import HEADER
 
 
 class ExemptTableTests(SynchronousTestCase):
@@ -68,29 +65,3 @@ class LoopbackConnectionsTests(TestCase):
         codes = yield self.greetings(Limits(max_connections_per_ip=50,
                                             limit_exempt="127.0.0.2/32"))
         self.assertEqual(codes, [220] * 50 + [421] * (self.COUNT - 50))
-
-
-class BehindHAProxyTests(TestCase):
-    """The address in the PROXY header decides, not the balancer's (here always 127.0.0.1)."""
-
-    def setUp(self):
-        limits = Limits(max_connections_per_ip=1, limit_exempt="192.0.2.0/28")
-        self.stack = Stack(reactor, self.mktemp(), limits)
-        self.addCleanup(self.stack.close)
-        self.server = listen_loopback(reactor, _HeaderFirstFactory(self.stack.factory, reactor, 30))
-        self.addCleanup(self.server.close)
-
-    @defer.inlineCallbacks
-    def greeting(self, address):
-        client = yield connect(reactor, self.server.port, wait_for_greeting=False)
-        self.addCleanup(client.close)
-        client.send(HEADER % address)
-        (greeting,) = yield client.replies(1)
-        return greeting.code
-
-    @defer.inlineCallbacks
-    def test_header_address_is_exempt_or_not(self):
-        codes = []
-        for address in (b"192.0.2.7", b"192.0.2.7", b"192.0.2.7", b"192.0.2.20", b"192.0.2.20"):
-            codes.append((yield self.greeting(address)))
-        self.assertEqual(codes, [220, 220, 220, 220, 421])

@@ -18,7 +18,8 @@ HEADER = b"PROXY TCP4 %s 127.0.0.1 40000 587\r\n"
 
 class ProxyProtocolTests(TestCase):
     def setUp(self):
-        self.stack = Stack(reactor, self.mktemp(), Limits(max_connections_per_ip=1))
+        limits = Limits(max_connections_per_ip=1, limit_exempt="198.51.100.0/28")
+        self.stack = Stack(reactor, self.mktemp(), limits)
         self.addCleanup(self.stack.close)
         self.server = listen_loopback(reactor, _HeaderFirstFactory(self.stack.factory, reactor, 30))
         self.addCleanup(self.server.close)
@@ -53,6 +54,20 @@ class ProxyProtocolTests(TestCase):
         again = yield self.connect(b"192.0.2.7")
         self.assertEqual([c.greeting.code for c in (first, second, again)], [220, 220, 421])
         yield defer.gatherResults([c.close() for c in (first, second, again)])
+
+    @defer.inlineCallbacks
+    def test_exemption_follows_the_header(self):
+        """
+        Whether a client is exempt (--limit_exempt) is decided by the
+        header's address too: the balancer's own (127.0.0.1, exempt by
+        default) does not count here.
+        """
+        clients = []
+        for address in (b"198.51.100.7", b"198.51.100.7", b"198.51.100.7",
+                        b"198.51.100.20", b"198.51.100.20"):
+            clients.append((yield self.connect(address)))
+        self.assertEqual([c.greeting.code for c in clients], [220, 220, 220, 220, 421])
+        yield defer.gatherResults([c.close() for c in clients])
 
     @defer.inlineCallbacks
     def test_nothing_before_the_header(self):
