@@ -6,15 +6,21 @@ C{--auth_api}, and a real upstream.
 
 import base64
 
+import attrs
 from twisted.internet import defer, reactor
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory
-from twisted.trial.unittest import TestCase
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from smtpproxy import Policy
+from smtpproxy.login import LoginVerdict, parse_login_answer
+from smtpproxy.replies import AUTH_OK as AUTH_OK_REPLY
 from tests.support.client import submit
 from tests.support.loopback import listen_loopback
 from tests.support.stack import PASSWORD, USER, Stack
 from tests.test_end_to_end import MESSAGE
+from tests.test_session import PLAIN, SessionTestCase
 
 AUTH_OK = "235 2.7.0 Authentication successful"
 INVALID = "535 5.7.8 Authentication credentials invalid"
@@ -186,3 +192,64 @@ class WithoutLoginCheckTests(TestCase):
         reply = yield submit(client, b"alice@example.com", b"bob@example.net", MESSAGE)
         self.assertEqual(str(reply), "550 5.7.1 bad login")
 
+
+class AwaitTests(SessionTestCase):
+    """The wait for the verdict in memory, where a clock shows that no timer runs."""
+
+    def config(self, **changes):
+        policy = Policy(url="http://127.0.0.1:1/", auth_url="http://127.0.0.1:1/login")
+        return attrs.evolve(super().config(**changes), policy=policy)
+
+    def setUp(self):
+        super().setUp()
+        self.cancelled = []
+        self.verdict = defer.Deferred(self.cancelled.append)
+        self.policy.check_login = lambda request: self.verdict
+        self.tls()
+
+    def test_no_timer_while_waiting_then_idle_again(self):
+        self.assertEqual(self.send(b"AUTH PLAIN " + PLAIN + b"\r\nNOOP\r\n"), [])
+        self.assertEqual(self.transport.producerState, "paused")
+        self.clock.advance(10000)
+        self.assertFalse(self.transport.disconnecting)
+        self.transport.clear()
+        self.verdict.callback(LoginVerdict(AUTH_OK_REPLY))
+        self.assertEqual(self.transport.value(),
+                         f"{AUTH_OK}\r\n250 2.0.0 OK\r\n".encode())
+        self.assertEqual(self.transport.producerState, "producing")
+        self.clock.advance(self.limits.idle_timeout)
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_hang_up_cancels_and_sends_nothing(self):
+        self.send(b"AUTH PLAIN " + PLAIN + b"\r\n")
+        self.transport.clear()
+        self.session.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.cancelled, [self.verdict])
+        self.assertEqual(self.transport.value(), b"")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class ParseLoginAnswerTests(SynchronousTestCase):
+    """Pure: the answer to the login check, as the reply to AUTH."""
+
+    def reply(self, body, status=200):
+        return str(parse_login_answer(status, body).reply.code)
+
+    def test_answers(self):
+        for body, code in [
+            (b'{"allow": true}', "235"),
+            (b'{"allow": true, "temporary": true, "reason": "x", "other": 1}', "235"),
+            (b'{"allow": false}', "535"),
+            (b'{"allow": false, "temporary": false}', "535"),
+            (b'{"allow": false, "temporary": true}', "454"),
+            (b'{"allow": false, "temporary": "yes"}', "454"),
+            (b'{"allow": null}', "454"),
+            (b"[true]", "454"),
+            (b"", "454"),
+        ]:
+            self.assertEqual(self.reply(body), code, body)
+
+    def test_status_and_cause(self):
+        verdict = parse_login_answer(503, b'{"allow": true}')
+        self.assertEqual((verdict.reply.code, verdict.cause), (454, "HTTP status 503"))
+        self.assertIsNone(parse_login_answer(200, b'{"allow": false}').cause)
