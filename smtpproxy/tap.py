@@ -5,7 +5,8 @@ L{Options} keeps the original Perl proxy's option names (SPEC section 7);
 L{makeService} turns them into a L{ProxyConfig}, reads every file (TLS
 certificate and key, upstream CA and password, logs) before twistd drops
 privileges, and listens on every C{--listen} endpoint with the factory from
-L{build_factory}, the same one embedding applications use.
+L{build_factory}, the same one embedding applications use: at once, so
+that a port that cannot be opened stops the start (L{smtpproxy.startup}).
 """
 
 import pwd
@@ -13,7 +14,6 @@ import re
 import signal
 import sys
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IProcess, MultiService
 from twisted.logger import ILogObserver, Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -25,6 +25,7 @@ from smtpproxy._version import __version__
 from smtpproxy.config import BARE_LF, UPSTREAM_TLS, Limits, Policy, ProxyConfig, Upstream, networks
 from smtpproxy.logs import LEVELS, LogFile, LogRouter
 from smtpproxy.server import build_factory
+from smtpproxy.startup import check_http_url, fail, listen
 from smtpproxy.tls import ReloadableContext, TLSFilesError, load_trust_root
 
 _IPV4_PORT = re.compile(r"^((?:\d{1,3}\.){3}\d{1,3})?:(\d+)$")
@@ -59,12 +60,6 @@ def endpoint_description(listen):
         host, port = m.groups()
         return f"tcp6:{port}:interface=" + host.replace(":", r"\:") + f":backlog={BACKLOG}"
     return listen
-
-
-def fail(message):
-    """One clear line on stderr and a non-zero exit (SPEC section 6)."""
-    sys.stderr.write(f"smtpproxy: {message}\n")
-    raise SystemExit(2)
 
 
 def _upstream(options):
@@ -232,6 +227,7 @@ class Options(usage.Options):
             missing.insert(0, "--listen or --listen_tls")
         if missing:
             fail("missing mandatory option " + ", ".join(missing) + " (see --help)")
+        check_http_url("api", self["api"])
         if self["loglevel"] not in LEVELS:
             fail(f"--loglevel must be one of {', '.join(LEVELS)}")
         if self["bare_lf"] not in BARE_LF:
@@ -450,7 +446,7 @@ def makeService(options, reactor=None):
                 reactor, endpoint_description(address), served, options["pretls_timeout"])
         except (ValueError, KeyError, IndexError) as e:
             fail(f"--{option}={address}: not a usable address or endpoint ({e!r})")
-        StreamServerEndpointService(endpoint, served).setServiceParent(service)
+        listen(option, address, endpoint, served).setServiceParent(service)
     return service
 
 

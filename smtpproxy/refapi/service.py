@@ -3,13 +3,12 @@ The reference API as a twistd plugin:
 C{twistd -n smtpproxy-refapi --policy=policy.toml [--listen=tcp:8025:interface=127.0.0.1]}.
 
 The policy file is read before anything listens, so a broken file stops the
-start with one line naming the defect; SIGHUP reads it again, and a broken
+start with one line naming the defect, as does a port that cannot be opened; SIGHUP reads it again, and a broken
 file then only logs that defect and keeps the policy in force.
 """
 
 import signal
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
@@ -17,7 +16,8 @@ from twisted.python import usage
 
 from smtpproxy.refapi.policyfile import PolicyFileError, load
 from smtpproxy.refapi.web import PolicyResource, PolicySite
-from smtpproxy.tap import endpoint_description, fail
+from smtpproxy.startup import fail, listen
+from smtpproxy.tap import endpoint_description
 
 log = Logger(namespace="smtpproxy.refapi")
 
@@ -86,7 +86,6 @@ def makeService(options, reactor=None):
         fail(f"--listen={options['listen']}: not a usable address or endpoint ({e!r})")
     service = MultiService()
     ReloadOnHangup(reactor, options["policy"], resource).setServiceParent(service)
-    StreamServerEndpointService(endpoint, PolicySite(resource, reactor=reactor)).setServiceParent(
-        service
-    )
+    site = PolicySite(resource, reactor=reactor)
+    listen("listen", options["listen"], endpoint, site).setServiceParent(service)
     return service
