@@ -24,8 +24,9 @@ Timeouts (each a L{Limits} field): C{pretls_timeout} runs from connect to
 the first command inside TLS and is not reset by input, so dribbling bytes
 cannot hold a slot before TLS; C{idle_timeout} then runs per command;
 C{data_timeout} runs from the last bytes received in DATA; while a reply
-is pending no timer runs at all.  A client that does not read its last
-reply (421, 221) within C{idle_timeout} is cut off.
+is pending no timer runs at all.  Once the last reply (421, 221) is sent,
+the connection is closed within L{CLOSE_GRACE} seconds whatever the client
+does.
 """
 
 import ipaddress
@@ -50,6 +51,15 @@ log = Logger(namespace="smtpproxy.smtp")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 NEEDS_TLS = frozenset({"AUTH", "MAIL", "RCPT", "DATA"})
+
+CLOSE_GRACE = 2
+"""
+Seconds a session that has said its last word waits for the client to take
+it and close too (a TLS close_notify in answer to ours, a TCP FIN) before it
+cuts the connection off.  Nothing the client can still send matters then, so
+this is no limit on clients; it keeps a client that never closes from holding
+its slot, or a drain with nothing in flight from waiting for it.
+"""
 
 
 @implementer(IPushProducer, IHandshakeListener)
@@ -505,8 +515,10 @@ class ProxySession(smtp.ESMTP):
         Close after the last reply.  The producer goes first (a transport
         with one registered never closes), reading resumes so a TLS layer
         can finish its handshake or shutdown, and input is ignored from now
-        on.  A client that does not read that last reply gets
-        C{idle_timeout} to do so, then it is cut off.
+        on.  Twisted's TLS layer closes the socket only when the client
+        answers our close_notify, so a client that does not is cut off
+        after L{CLOSE_GRACE} seconds, as is one that does not read that
+        last reply.
         """
         self._closing = True
         self.factory.finished(self)
@@ -515,7 +527,7 @@ class ProxySession(smtp.ESMTP):
             self.transport.unregisterProducer()
         self.transport.resumeProducing()
         self.transport.loseConnection()
-        self.setTimeout(self.limits.idle_timeout)
+        self.setTimeout(CLOSE_GRACE)
 
     def timeoutConnection(self):
         if self._closing:

@@ -269,6 +269,28 @@ class TwistdTests(TestCase):
         self.assertEqual(len(self.upstream.messages), 1)
 
     @defer.inlineCallbacks
+    def test_sigterm_with_silent_tls_clients_exits_within_5_s(self):
+        """
+        Three logged-in TLS clients that never read again (so never answer
+        the close_notify after the 421, nor close): nothing is in flight,
+        so the process ends within 5 s all the same, with status 0.
+        """
+        twistd = yield self.start()
+        for _ in range(3):
+            client = yield connect(reactor, self.port)
+            yield client.command(b"EHLO client.example", expect=250)
+            yield client.starttls(client_options(self.certs))
+            yield client.command(b"AUTH PLAIN AGFsaWNlAHMzY3JldA==", expect=235)
+            client.transport.pauseProducing()
+            self.addCleanup(client.transport.abortConnection)
+        signalled = reactor.seconds()
+        self.process.signalProcess("TERM")
+        ended = yield twistd.ended
+        self.assertIsInstance(ended, ProcessDone, twistd.log)
+        self.assertLess(reactor.seconds() - signalled, 5)
+        self.assertIn("closing 3 idle session(s)", twistd.log)
+
+    @defer.inlineCallbacks
     def test_second_sigterm_ends_the_drain_at_once(self):
         twistd = yield self.start()
         sending, held = self.send_held(client_options(self.certs))

@@ -18,6 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from smtpproxy import Limits, replies
 from smtpproxy.metrics import Metrics
 from smtpproxy.connections import REPORT_INTERVAL, ConnectionTable
+from smtpproxy.session import CLOSE_GRACE
 from tests.support.client import ScriptedClient
 from tests.support.stack import Stack
 from tests.test_session import QUEUED, SessionTestCase, TLSStringTransport
@@ -227,10 +228,19 @@ class TimeoutTests(SessionTestCase):
         self.assertEqual(len(self.factory.deliveries), 1)
 
     def test_client_not_reading_its_last_reply_is_cut_off(self):
+        """Within a few seconds, not after idle_timeout: the slot is free again."""
         self.send(b"QUIT\r\n")
         self.assertTrue(self.transport.disconnecting)
         self.assertIsNone(self.transport.producer)
-        self.clock.advance(300)
+        self.clock.advance(CLOSE_GRACE - 0.1)
+        self.assertFalse(self.transport.disconnected)
+        self.clock.advance(0.1)
+        self.assertTrue(self.transport.disconnected)
+
+    def test_timed_out_client_is_cut_off_after_the_grace(self):
+        self.clock.advance(30)
+        self.assertEqual(self.last_line(), TIMEOUT)
+        self.clock.advance(CLOSE_GRACE)
         self.assertTrue(self.transport.disconnected)
 
 
