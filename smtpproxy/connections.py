@@ -13,8 +13,9 @@ refused now and then, since a connection it has closed is still counted
 until the proxy gets round to noticing.
 
 Refusals come in floods exactly when they matter, so they are logged as a
-summary: the first refusal at once, then at most one line per
-L{REPORT_INTERVAL} seconds, counting what was refused since the last line.
+summary (L{smtpproxy.reports}): the first refusal at once, then at most one
+line per L{REPORT_INTERVAL} seconds, counting what was refused since the
+last line.
 """
 
 from collections import Counter
@@ -22,11 +23,9 @@ from collections import Counter
 from twisted.logger import Logger
 
 from smtpproxy import replies
+from smtpproxy.reports import REPORT_INTERVAL, FloodReport
 
 log = Logger()
-
-REPORT_INTERVAL = 60
-"""Seconds between two log lines about refused connections."""
 
 
 class ConnectionTable:
@@ -35,6 +34,7 @@ class ConnectionTable:
 
     @param limits: the L{smtpproxy.config.Limits}.
     @param clock: an C{IReactorTime}, for the log summary only.
+    @ivar refusals: the L{FloodReport} of refused connections.
     @param metrics: the L{smtpproxy.metrics.Metrics} that count refusals.
     """
 
@@ -46,8 +46,7 @@ class ConnectionTable:
         self._metrics = metrics
         self._per_address = Counter()
         self.total = 0
-        self._refused = Counter()
-        self._next_report = float("-inf")
+        self.refusals = FloodReport(clock, _log_refusals)
 
     @property
     def addresses(self):
@@ -82,17 +81,16 @@ class ConnectionTable:
 
     def _refuse(self, address, name, limit):
         self._metrics.connections_refused.labels(name).inc()
-        self._refused[f"{name}={limit}"] += 1
-        now = self._clock.seconds()
-        if now >= self._next_report:
-            log.warn(
-                "refused {count} connection(s) at the limit ({limits}); "
-                "the last from {address}; next report in {interval} s at the earliest",
-                count=sum(self._refused.values()),
-                limits=", ".join(f"{n} at {name}" for name, n in sorted(self._refused.items())),
-                address=address,
-                interval=REPORT_INTERVAL,
-            )
-            self._refused.clear()
-            self._next_report = now + REPORT_INTERVAL
+        self.refusals.add(f"{name}={limit}", address)
         return replies.TOO_MANY_CONNECTIONS
+
+
+def _log_refusals(counts, address):
+    log.warn(
+        "refused {count} connection(s) at the limit ({limits}); "
+        "the last from {address}; next report in {interval} s at the earliest",
+        count=counts.total(),
+        limits=", ".join(f"{n} at {name}" for name, n in sorted(counts.items())),
+        address=address,
+        interval=REPORT_INTERVAL,
+    )

@@ -21,7 +21,9 @@ from twisted.web.resource import Resource
 
 from smtpproxy import replies
 
-OUTCOMES = ("delivered", "denied", "temp_failed", "refused_upstream", "refused_limit", "invalid")
+OUTCOMES = (
+    "delivered", "denied", "temp_failed", "refused_upstream", "refused_limit", "invalid", "aborted",
+)
 LOGINS = ("ok", "invalid", "temp_failed", "locked_out")
 
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)

@@ -21,7 +21,9 @@ from smtpproxy.lockout import FailureTable
 from smtpproxy.login import build_login_request
 from smtpproxy.metrics import Metrics, login_result
 from smtpproxy.policy import PolicyClient
+from smtpproxy.reports import FloodReport
 from smtpproxy.session import ProxySession
+from smtpproxy.tls import log_handshake_failures
 from smtpproxy.transaction import Transaction
 from smtpproxy.verify import RecipientCheck, VerdictCache
 
@@ -46,6 +48,7 @@ class ProxyFactory(smtp.SMTPFactory):
         self.header_budget = Budget(config.limits.header_memory)
         self.failures = FailureTable(
             config.limits.max_auth_failures, config.limits.auth_failure_window, reactor)
+        self.handshake_failures = FloodReport(reactor, log_handshake_failures)
         self.draining = False
         self._numbers = itertools.count(1)
         self._sessions = set()
@@ -193,8 +196,9 @@ class ProxyFactory(smtp.SMTPFactory):
     def _locked(self, client):
         return not self.config.limits.exempt(client) and self.failures.locked(client)
 
-    def transaction(self, login, client, helo):
-        return Transaction(self, login, client, helo)
+    def transaction(self, login, client, helo, **session):
+        """A new L{Transaction}; C{session} holds its C{connection} and C{tls}."""
+        return Transaction(self, login, client, helo, **session)
 
     def recipient_check(self, sender):
         """Ask the upstream about a transaction's recipients (C{--verify_recipients})."""
@@ -213,8 +217,17 @@ class ProxyFactory(smtp.SMTPFactory):
         self.metrics.upstream_latency.observe(self.reactor.seconds() - started)
         return reply
 
+    def handshake_failed(self, client, reason):
+        """A client's TLS handshake failed for OpenSSL's C{reason}: log it, in floods summed up."""
+        self.handshake_failures.add(reason, client)
+
     def close(self):
-        """Release shared resources (the API's connection pool): a Deferred."""
+        """
+        Release shared resources (the API's connection pool, the log
+        summaries' timers, after their last lines): a Deferred.
+        """
+        self.connections.refusals.stop()
+        self.handshake_failures.stop()
         return self.policy.close()
 
 

@@ -45,6 +45,7 @@ from zope.interface import implementer
 from smtpproxy import auth, replies
 from smtpproxy.commands import CommandError, parse_command, parse_mail, parse_rcpt
 from smtpproxy.framing import BARE_LF, TOO_LONG, Framer
+from smtpproxy.tls import handshake_error, negotiated
 
 log = Logger(namespace="smtpproxy.smtp")
 
@@ -97,6 +98,7 @@ class ProxySession(smtp.ESMTP):
         self._transaction = None
         self._message = None
         self._pending = None
+        self._tls = None
 
     # Output.
 
@@ -217,6 +219,9 @@ class ProxySession(smtp.ESMTP):
 
     def handshakeCompleted(self):
         self._handshaking = False
+        self._tls = negotiated(self.transport)
+        if self._tls is not None:
+            self._log_input(f"[TLS {self._tls}]")
         self._reading()
 
     # Output flow control (IPushProducer): the transport calls these.
@@ -330,7 +335,8 @@ class ProxySession(smtp.ESMTP):
                 self.reply(replies.MESSAGE_TOO_BIG)
                 return
             helo = _text(self._helo[0] or b"")
-            self._transaction = self.factory.transaction(self._login, self.client, helo)
+            self._transaction = self.factory.transaction(
+                self._login, self.client, helo, connection=self.number, tls=self._tls)
             self._transaction.validateFrom(self._helo, mail.address)
             self._transaction.body = mail.body
             self.reply(replies.SENDER_OK)
@@ -539,6 +545,10 @@ class ProxySession(smtp.ESMTP):
     def connectionLost(self, reason):
         self._closing = True
         self.factory.disconnected(self)
+        failed = handshake_error(reason) if self._handshaking else None
+        if failed is not None:
+            self.factory.handshake_failed(self.client, failed)
+        self._log_disconnect(failed)
         if self._message is not None:
             self._message.connectionLost()
             self._message = None
@@ -548,6 +558,14 @@ class ProxySession(smtp.ESMTP):
             awaiting.cancel()
         self._end_transaction()
         super().connectionLost(reason)
+
+    def _log_disconnect(self, handshake_failure):
+        if handshake_failure is not None:
+            self._log_input(f"[TLS handshake failed: {handshake_failure}]")
+        elif self._message is not None:
+            self._log_input(f"[connection lost in DATA after {self._message.size} bytes]")
+        else:
+            self._log_input("[disconnected]")
 
 
 def _host(address):

@@ -9,6 +9,7 @@ L{build_factory}, the same one embedding applications use: at once, so
 that a port that cannot be opened stops the start (L{smtpproxy.startup}).
 """
 
+import os
 import pwd
 import re
 import signal
@@ -23,7 +24,7 @@ from twisted.web.server import Site
 from smtpproxy import haproxy, manual
 from smtpproxy._version import __version__
 from smtpproxy.config import BARE_LF, UPSTREAM_TLS, Limits, Policy, ProxyConfig, Upstream, networks
-from smtpproxy.logs import LEVELS, LogFile, LogRouter
+from smtpproxy.logs import LEVELS, LogFile, LogRouter, main_log, reopen
 from smtpproxy.server import build_factory
 from smtpproxy.startup import check_http_url, fail, listen
 from smtpproxy.tls import ReloadableContext, TLSFilesError, load_trust_root
@@ -376,14 +377,8 @@ class ProxyService(MultiService):
         self._reactor.callFromThread(self.reopen_logs)
 
     def reopen_logs(self):
-        """Reopen every log file; one that cannot be reopened stays as it was."""
-        for log_file in self.log_files:
-            try:
-                log_file.reopen()
-            except OSError as e:
-                log.error("cannot reopen log file {path}: {error}", path=log_file.path,
-                          error=e.strerror)
-        log.info("log files reopened")
+        """Reopen every log file (see L{reopen})."""
+        reopen(self.log_files, (self.passwd or pwd.getpwuid(os.getuid())).pw_name)
 
     def stopService(self):
         """
@@ -413,9 +408,9 @@ _HANDLERS = {
 }
 
 
-def _open(path):
+def _open(path, mode=0o640):
     try:
-        return LogFile(path)
+        return LogFile(path, mode)
     except OSError as e:
         fail(f"cannot open log file {path}: {e.strerror}")
 
@@ -424,8 +419,9 @@ def makeService(options, reactor=None):
     """The whole proxy as a twistd service."""
     if reactor is None:
         from twisted.internet import reactor
-    main = sys.stderr if options["logpath"] is None else _open(options["logpath"])
-    transcript = None if options["smtplog"] is None else _open(options["smtplog"])
+    main = main_log(options["logpath"], options.parent or {}, _open)
+    private = 0o600 if options["credentials"] else 0o640
+    transcript = None if options["smtplog"] is None else _open(options["smtplog"], private)
     observer = LogRouter(main, LEVELS[options["loglevel"]], transcript)
     try:
         factory = build_factory(config_from(options), reactor)

@@ -9,6 +9,7 @@ C{cryptography} objects: pyOpenSSL's own PKey/X509 types are deprecated
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_private_key
+from OpenSSL import SSL
 from twisted.internet.ssl import (
     Certificate,
     CertificateOptions,
@@ -18,6 +19,8 @@ from twisted.internet.ssl import (
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
 from zope.interface import implementer
+
+from smtpproxy.reports import REPORT_INTERVAL
 
 log = Logger()
 
@@ -105,6 +108,53 @@ def load_trust_root(ca_path):
         raise TLSFilesError(f"cannot read CA file {ca_path}: {_reason(e)}")
     return trustRootFromCertificates(
         [Certificate.loadPEM(c.public_bytes(Encoding.PEM)) for c in certificates]
+    )
+
+
+def negotiated(transport):
+    """
+    The TLS version and cipher of a connection in TLS, as logs show them
+    (C{"TLSv1.3/TLS_AES_128_GCM_SHA256"}), or L{None} where the transport
+    has no OpenSSL connection to ask.
+    """
+    handle = getattr(transport, "getHandle", None)
+    connection = None if handle is None else handle()
+    if not hasattr(connection, "get_protocol_version_name"):
+        return None
+    return f"{connection.get_protocol_version_name()}/{connection.get_cipher_name()}"
+
+
+def handshake_error(failure):
+    """
+    OpenSSL's reason for a failed handshake (C{"unsupported protocol"},
+    C{"no shared cipher"}), or L{None} when the connection ended otherwise.
+    """
+    if not failure.check(SSL.Error):
+        return None
+    errors = failure.value.args[0] if failure.value.args else None
+    if isinstance(errors, list) and errors and isinstance(errors[-1], tuple):
+        return errors[-1][-1] or "unknown reason"
+    return str(failure.value) or "unknown reason"
+
+
+def log_handshake_failures(counts, address):
+    """
+    The log line of a L{smtpproxy.reports.FloodReport} of failed
+    handshakes: C{counts} by OpenSSL's reason, C{address} the last client's.
+    At info: a failed handshake is the client's problem, but the one an
+    operator looks for when a device says it cannot connect.
+    """
+    if counts.total() == 1:
+        (reason,) = counts
+        log.info("TLS handshake failed with {address}: {reason}", address=address, reason=reason)
+        return
+    log.info(
+        "TLS handshake failed {count} times ({reasons}); the last with {address}; "
+        "next report in {interval} s at the earliest",
+        count=counts.total(),
+        reasons=", ".join(f"{n} {reason}" for reason, n in counts.most_common()),
+        address=address,
+        interval=REPORT_INTERVAL,
     )
 
 

@@ -41,13 +41,19 @@ class Transaction:
     @ivar helo: the client's EHLO/HELO argument.
     @ivar body: MAIL FROM's C{BODY=} value (C{"8BITMIME"}, C{"7BIT"}) or
         L{None}, passed on to the upstream (RFC 6152).
+    @ivar connection: the session's number, as the smtplog shows it, so a
+        message's log line leads to its dialogue.
+    @ivar tls: the negotiated TLS version and cipher
+        (C{"TLSv1.3/TLS_AES_128_GCM_SHA256"}), or L{None}.
     """
 
-    def __init__(self, services, login, client, helo):
+    def __init__(self, services, login, client, helo, connection=None, tls=None):
         self.services = services
         self.login = login
         self.client = client
         self.helo = helo
+        self.connection = connection
+        self.tls = tls
         self.sender = None
         self.body = None
         self.recipients = []
@@ -101,7 +107,6 @@ class Message:
     @ivar size: the bytes received so far (counting stops at a refusal).
     """
 
-
     def __init__(self, transaction):
         self.transaction = transaction
         services = transaction.services
@@ -116,7 +121,7 @@ class Message:
         self.size = 0
         self._refusal = None
         self._decision = None
-        self._outcome = "refused"
+        self._policy = "-"
         self._api_time = None
         self._upstream_data = None
         self._withdrawn = False
@@ -146,15 +151,21 @@ class Message:
             self._ask(self._headers.block, separated=data.startswith(b"\r"))
         try:
             self._spool.write(data)
-        except OSError:
-            log.failure("cannot spool a message")
+        except OSError as e:
+            t = self.transaction
+            log.warn(
+                "cannot spool a message: {error} (conn={conn} client={client}); "
+                "it gets {reply}, the client will retry",
+                error=e.strerror or e, conn=t.connection, client=t.client,
+                reply=replies.LOCAL_ERROR.code,
+            )
             self.refuse(replies.LOCAL_ERROR)
 
     def refuse(self, reply):
         """Give up on this message: C{reply} is the answer to the final dot."""
         if self._refusal is None:
             self._refusal = reply
-            self.connectionLost()
+            self._drop()
 
     def _ask(self, block, separated):
         """
@@ -174,11 +185,18 @@ class Message:
             t.login, t.sender, t.recipients, block.for_api(), t.client, t.helo
         )
         asked = self._clock.seconds()
+        self._policy = "pending"
         self._decision = t.services.policy.check(request).addCallback(self._answered, asked)
 
     def _answered(self, decision, asked):
         """Time the API when it answers, not when the message ends."""
         self._api_time = self._clock.seconds() - asked
+        if decision.allowed:
+            self._policy = "allow"
+        elif decision.reply == replies.POLICY_UNAVAILABLE:
+            self._policy = "unavailable"
+        else:
+            self._policy = "deny"
         self.transaction.services.metrics.api_latency.observe(self._api_time)
         return decision
 
@@ -197,10 +215,7 @@ class Message:
         if self._withdrawn:
             return replies.SHUTTING_DOWN
         if not decision.allowed:
-            unavailable = decision.reply == replies.POLICY_UNAVAILABLE
-            self._outcome = "unavailable" if unavailable else "deny"
             return decision.reply
-        self._outcome = "allow"
         self._spool.seek(0)
         head = self._block.rewrite(decision.headers) + self._separator
         data = self._upstream_data = _Concatenation(head, self._spool)
@@ -216,27 +231,46 @@ class Message:
         self._release()
         self._spool.close()
         t = self.transaction
-        result = outcome(reply, policy_denied=self._outcome == "deny")
+        result = outcome(reply, policy_denied=self._policy == "deny")
         t.services.metrics.messages.labels(result).inc()
         t.services.metrics.message_size.observe(self.size)
         api = "-" if self._api_time is None else f"{self._api_time * 1000:.0f}ms"
         log.info(
-            "message {result} client={client} user={user!r} from=<{sender}> rcpts={count} "
-            "size={size} policy={outcome} api={api} reply={code} {text} "
-            "time={time:.0f}ms",
-            result=result,
+            "message {result} conn={conn} client={client} user={user!r} from=<{sender}> "
+            "rcpts={count} size={size} policy={policy} api={api} tls={tls} "
+            "reply={code} {text} time={time:.0f}ms",
+            result=result, api=api, code=reply.code, text=reply.text, **self._fields(),
+        )
+        return reply
+
+    def connectionLost(self):
+        """
+        The client went away before its final dot: the one line and the
+        metric for this message say so (as Postfix's "lost connection after
+        DATA"), with how far it got and what the API had said by then.
+        """
+        self.transaction.services.metrics.messages.labels("aborted").inc()
+        log.info(
+            "message aborted conn={conn} client={client} user={user!r} from=<{sender}> "
+            "rcpts={count} after={size} policy={policy} tls={tls} time={time:.0f}ms",
+            **self._fields(),
+        )
+        self._drop()
+
+    def _fields(self):
+        """What both kinds of a message's line tell."""
+        t = self.transaction
+        return dict(
+            conn=t.connection,
             client=t.client,
             user=t.login.username,
             sender=t.sender,
             count=len(t.recipients),
             size=self.size,
-            outcome=self._outcome,
-            api=api,
-            code=reply.code,
-            text=reply.text,
+            policy=self._policy,
+            tls=t.tls or "-",
             time=(self._clock.seconds() - self._started) * 1000,
         )
-        return reply
 
     @property
     def committed(self):
@@ -258,8 +292,8 @@ class Message:
         if self._upstream_data is not None:
             self._upstream_data.withdrawn = True
 
-    def connectionLost(self):
-        """The client is gone or the message was refused: drop everything."""
+    def _drop(self):
+        """The message will not be relayed: stop the API call, free the spool."""
         if self._decision is not None:
             self._decision.addErrback(lambda failure: None)
             self._decision.cancel()

@@ -61,13 +61,32 @@ class ConnectionTableTests(SynchronousTestCase):
         with capturedLogs() as events:
             for _ in range(1000):
                 self.table.admit("198.51.100.7")
-            self.clock.advance(REPORT_INTERVAL)
             self.table.admit("198.51.100.8")
+            self.clock.advance(REPORT_INTERVAL - 1)
+            self.assertEqual(len(events), 1)
+            self.clock.advance(1)
+            self.assertEqual(len(events), 2)
+            self.clock.advance(REPORT_INTERVAL)
+            self.table.admit("198.51.100.9")
         lines = [formatEvent(e) for e in events]
-        self.assertEqual(len(lines), 2)
+        self.assertEqual(len(lines), 3)
         self.assertIn("refused 1 connection(s) at the limit (1 at max_connections=3)", lines[0])
         self.assertIn("refused 1000 connection(s)", lines[1])
         self.assertIn("the last from 198.51.100.8", lines[1])
+        self.assertIn("refused 1 connection(s)", lines[2])
+
+    def test_summary_written_by_the_timer(self):
+        """The tail of a flood is told when the interval ends, not at the next refusal."""
+        for n in range(3):
+            self.table.admit(f"192.0.2.{n}")
+        with capturedLogs() as events:
+            self.table.admit("198.51.100.7")
+            self.table.admit("198.51.100.7")
+            self.clock.advance(REPORT_INTERVAL)
+            self.clock.advance(REPORT_INTERVAL)
+        self.assertEqual(len(events), 2)
+        self.assertIn("refused 1 connection(s)", formatEvent(events[1]))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
 class ConnectionLimitTests(TestCase):

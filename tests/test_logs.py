@@ -5,13 +5,16 @@ files that SIGUSR1 reopens after logrotate moved them.
 
 import io
 import os
+import pwd
 import signal
+import stat
+import sys
 
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import Logger, LogLevel
+from twisted.logger import ILogObserver, Logger, LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from smtpproxy.logs import LogFile, LogRouter
+from smtpproxy.logs import LogFile, LogRouter, main_log
 from smtpproxy.tap import ProxyService
 
 
@@ -52,18 +55,53 @@ class LogFileTests(SynchronousTestCase):
         self.assertEqual(self.read(self.path), "after\n")
 
     def test_service_reopens_and_survives_a_failure(self):
-        """SIGUSR1's work: every file reopened; one that cannot be stays in use."""
+        """
+        SIGUSR1's work: every file reopened; one that cannot be stays in use,
+        and the error names the fix; nothing claims the files were reopened.
+        """
         good, bad = LogFile(self.path), LogFile(self.path + ".other")
-        service = ProxyService(None, None, None, MemoryReactorClock(), 30, [bad, good])
+        service = ProxyService(None, None, pwd.getpwnam("nobody"), MemoryReactorClock(), 30,
+                               [bad, good])
         os.rename(self.path, self.path + ".1")
         bad.path = os.path.join(self.path + ".no-such-directory", "x.log")
-        service.reopen_logs()
+        with capturedLogs() as events:
+            service.reopen_logs()
+        (line,) = [formatEvent(e) for e in events]
+        self.assertIn(f"cannot reopen log file {bad.path}: No such file or directory", line)
+        self.assertIn("a directory that user nobody can write", line)
         good.write("after\n")
         bad.write("still written\n")
         good.flush()
         bad.flush()
         self.assertEqual(self.read(self.path), "after\n")
         self.assertEqual(self.read(self.path + ".other"), "still written\n")
+
+    def test_created_private_whatever_the_umask(self):
+        """0640, or the mode asked for (0600: the smtplog with passwords); existing files keep theirs."""
+        previous = os.umask(0o000)
+        self.addCleanup(os.umask, previous)
+        LogFile(self.path)
+        LogFile(self.path + ".smtp", 0o600)
+        self.assertEqual(stat.S_IMODE(os.stat(self.path).st_mode), 0o640)
+        self.assertEqual(stat.S_IMODE(os.stat(self.path + ".smtp").st_mode), 0o600)
+        os.chmod(self.path, 0o644)
+        LogFile(self.path).reopen()
+        self.assertEqual(stat.S_IMODE(os.stat(self.path).st_mode), 0o644)
+
+    def test_main_log_destination(self):
+        """--logpath, else twistd's --syslog or --logfile, else stderr (-n) or twistd.log."""
+        opened = []
+        def open_file(path):
+            opened.append(path)
+            return path
+        self.assertEqual(main_log("main.log", {"logfile": "t.log"}, open_file), "main.log")
+        self.assertEqual(main_log(None, {"logfile": "t.log"}, open_file), "t.log")
+        self.assertIs(main_log(None, {"logfile": "-", "nodaemon": True}, open_file), sys.stdout)
+        self.assertIs(main_log(None, {"nodaemon": True}, open_file), sys.stderr)
+        self.assertIs(main_log(None, {}, open_file), sys.stderr)
+        self.assertEqual(main_log(None, {"nodaemon": False}, open_file), "twistd.log")
+        self.assertTrue(ILogObserver.providedBy(main_log(None, {"syslog": True}, open_file)))
+        self.assertEqual(opened, ["main.log", "t.log", "twistd.log"])
 
     def test_signal_handled_while_running(self):
         """SIGUSR1 is the service's while it runs, and given back when it stops."""

@@ -16,13 +16,11 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import TestCase
 
 from smtpproxy import haproxy
-from tests.support.api import start_api
-from tests.support.certs import client_options, make_certificates
+from tests.support.certs import client_options
 from tests.support.client import ScriptedClient, connect, data_block, send_mail
 from tests.support.loopback import listen_loopback
-from tests.support.stack import PASSWORD, USER, Stack, allow
-from tests.support.twistd import ROOT, ChildProcess, twistd_command, twistd_environment
-from tests.support.upstream import start_upstream
+from tests.support.stack import PASSWORD, USER, Stack
+from tests.support.twistd import ROOT, ChildProcess, twistd_command, twistd_environment, twistd_parts
 
 MESSAGE = b"Subject: deployed\r\n\r\nbody\r\n"
 AUTH_PLAIN = b"AUTH PLAIN AGFsaWNlAHMzY3JldA=="  # alice / s3cret, the stack's USER and PASSWORD
@@ -72,13 +70,7 @@ class SocketActivationTests(TestCase):
     """
 
     def setUp(self):
-        self.directory = os.path.abspath(self.mktemp())
-        os.makedirs(self.directory)
-        self.certs = make_certificates(self.directory)
-        self.api = start_api(reactor, allow)
-        self.addCleanup(self.api.close)
-        self.upstream = start_upstream(reactor)
-        self.addCleanup(self.upstream.close)
+        self.directory, self.certs, self.api, self.upstream = twistd_parts(self)
         # contrib's units listen on [::] for IPv6 and IPv4 alike (domain=INET6);
         # an IPv4 socket (domain=INET) is the other common case: one of each.
         # Both stay on loopback, and IPv4 clients reach both.

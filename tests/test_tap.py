@@ -288,7 +288,7 @@ class OptionsTests(SynchronousTestCase):
     def test_service(self):
         """Listeners, the log observer and the user reach twistd's application."""
         opened = []
-        self.patch(tap, "_open", lambda path: opened.append(path) or io.StringIO())
+        self.patch(tap, "_open", lambda path, mode=0o640: opened.append(path) or io.StringIO())
         options = self.parse(self.arguments(user="nobody", logpath="main.log", smtplog="smtp.log"))
         service = tap.makeService(options, reactor=MemoryReactorClock())
         self.assertEqual(opened, ["main.log", "smtp.log"])

@@ -8,19 +8,22 @@ import os
 import socket
 import sys
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor
 from twisted.internet.protocol import ProcessProtocol
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def twistd_command(*arguments):
+def twistd_command(*arguments, umask=None):
     """
     The argv of C{twistd -n --pidfile= ARGUMENTS...}, run by this Python:
     the tests need neither a C{twistd} script on the PATH nor a pid file.
+    With C{umask}, twistd runs under that umask, as from an operator's shell.
     """
-    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-            "-n", "--pidfile=", *arguments]
+    start = "from twisted.scripts.twistd import run; run()"
+    if umask is not None:
+        start = f"import os; os.umask({umask:#o}); " + start
+    return [sys.executable, "-c", start, "-n", "--pidfile=", *arguments]
 
 
 def twistd_environment(**extra):
@@ -29,23 +32,32 @@ def twistd_environment(**extra):
 
 
 class ChildProcess(ProcessProtocol):
-    """A child: its log (stderr) as it comes, and its end (ProcessDone or ProcessTerminated)."""
+    """
+    A child: its log (stderr; stdout apart in C{output}) as it comes, and its
+    end (ProcessDone or ProcessTerminated).
+    """
 
     def __init__(self):
         self.log = ""
+        self.output = ""
         self.ended = defer.Deferred()
         self._waiting = []
+
+    def outReceived(self, data):
+        """Standard output (where C{--logfile=-} sends the log) is watched as well."""
+        self.output += data.decode("utf-8", "replace")
+        self.errReceived(b"")
 
     def errReceived(self, data):
         self.log += data.decode("utf-8", "replace")
         for text, waiter in list(self._waiting):
-            if text in self.log:
+            if text in self.log or text in self.output:
                 self._waiting.remove((text, waiter))
                 waiter.callback(None)
 
     def logged(self, text):
         """A Deferred that fires once C{text} is in the log."""
-        if text in self.log:
+        if text in self.log or text in self.output:
             return defer.succeed(None)
         waiter = defer.Deferred()
         self._waiting.append((text, waiter))
@@ -56,6 +68,28 @@ class ChildProcess(ProcessProtocol):
         for text, waiter in waiting:
             waiter.errback(AssertionError(f"the child ended before logging {text!r}:\n{self.log}"))
         self.ended.callback(reason.value)
+
+
+def twistd_parts(case):
+    """
+    What a test of the proxy as a twistd child needs, for C{case} (a
+    TestCase; its cleanups close them): a directory, certificates in it, a
+    fake API that allows and a fake upstream.
+
+    @return: C{(directory, certs, api, upstream)}.
+    """
+    from tests.support.api import start_api
+    from tests.support.certs import make_certificates
+    from tests.support.stack import allow
+    from tests.support.upstream import start_upstream
+
+    directory = os.path.abspath(case.mktemp())
+    os.makedirs(directory)
+    api = start_api(reactor, allow)
+    case.addCleanup(api.close)
+    upstream = start_upstream(reactor)
+    case.addCleanup(upstream.close)
+    return directory, make_certificates(directory), api, upstream
 
 
 def free_port():
