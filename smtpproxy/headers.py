@@ -22,6 +22,7 @@ _WSP = re.compile(rb"[ \t]*")
 # RFC 5322 section 2.2.3: unfolding removes each CRLF before white space.
 _FOLD = re.compile(rb"\r\n(?=[ \t])")
 _STUFFING = re.compile(rb"(?:\A|(?<=\r\n))\.")
+_ENVELOPE = b"From "
 
 
 def _unstuffed(wire):
@@ -128,11 +129,23 @@ class HeaderReader:
     positions too, and cut out of the buffer only when the block completes:
     an incomplete block, all an attacker who never ends it can make the
     proxy hold, costs its own size once.
+
+    A first line starting C{From } (an mbox envelope line some clients and
+    scripts leave in front of the message) is dropped, not taken as the end
+    of an empty block: otherwise the real header fields would go to the API
+    as none and upstream as body.  Dropped rather than kept as a header: it
+    is no header field (no colon), it names nothing the envelope does not,
+    and kept in front of the block, an upstream that reads it as the end of
+    the headers (as this reader would) would see a different block than the
+    API did.
+
+    @ivar envelope_line: the dropped line, or L{None}.
     """
 
     def __init__(self, max_size):
         self.max_size = max_size
         self.block = None
+        self.envelope_line = None
         self._buf = bytearray()
         self._fields = array("I")  # start, name end, end of each field read
         self._field = None  # (start, name end) of the field being read
@@ -150,6 +163,10 @@ class HeaderReader:
         """
         self._check_open()
         self._buf += data
+        if not self._drop_envelope_line():
+            if len(self._buf) > self.max_size:
+                raise HeaderTooLarge(f"header block over {self.max_size} bytes")
+            return None
         kind = self._advance()
         extent = self._pos if kind is _Line.END else len(self._buf)
         if extent > self.max_size:
@@ -171,6 +188,23 @@ class HeaderReader:
             raise ValueError("message data must end with CRLF")
         self._complete()
         return self.block
+
+    def _drop_envelope_line(self):
+        """
+        Drop a first line that starts C{From }; return whether the buffer
+        shows by now that there is no such line or has dropped it.
+        """
+        if self.envelope_line is not None or self._line or self._pos:
+            return True
+        start = bytes(self._buf[:len(_ENVELOPE)])
+        if not _ENVELOPE.startswith(start):
+            return True
+        eol = self._buf.find(b"\r\n")
+        if len(start) < len(_ENVELOPE) or eol < 0:
+            return False
+        self.envelope_line = bytes(self._buf[:eol + 2])
+        del self._buf[:eol + 2]
+        return True
 
     def _check_open(self):
         if self.block is not None:

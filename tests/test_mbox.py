@@ -1,0 +1,62 @@
+"""
+A message whose first line is an mbox envelope line (C{From sender date}):
+the line is dropped, and the header fields after it are the header block,
+for the API and upstream (issue 13).
+"""
+
+from twisted.internet import defer, reactor
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from smtpproxy.headers import HeaderReader
+from tests.support.stack import Stack
+from tests.test_end_to_end import MESSAGE
+
+ENVELOPE = b"From alice@example.com Thu Dec  3 10:00:00 2026\r\n"
+
+
+class ReaderTests(SynchronousTestCase):
+    def read(self, *chunks):
+        reader = HeaderReader(1024)
+        for chunk in chunks:
+            rest = reader.feed(chunk)
+            if rest is not None:
+                return reader, rest
+        return reader, None
+
+    def test_dropped_and_the_headers_read(self):
+        for size in [1, 3, 7, len(ENVELOPE) + 2, 1000]:
+            data = ENVELOPE + MESSAGE
+            reader, rest = self.read(*[data[i:i + size] for i in range(0, len(data), size)])
+            self.assertEqual(reader.envelope_line, ENVELOPE, size)
+            self.assertEqual([f.name for f in reader.block.fields], [b"From", b"To", b"Subject"])
+            self.assertTrue(MESSAGE.startswith(reader.block.raw + rest), size)
+
+    def test_only_first_line(self):
+        """A From line after the first is no header: it ends the block, as before."""
+        reader, rest = self.read(b"Subject: x\r\n" + ENVELOPE + b"body\r\n")
+        self.assertIsNone(reader.envelope_line)
+        self.assertEqual(rest, ENVELOPE + b"body\r\n")
+
+    def test_from_field_is_kept(self):
+        reader, _ = self.read(b"From: a@example.com\r\n\r\n")
+        self.assertIsNone(reader.envelope_line)
+        self.assertEqual([f.name for f in reader.block.fields], [b"From"])
+
+    def test_message_of_only_the_line(self):
+        reader = HeaderReader(1024)
+        self.assertIsNone(reader.feed(ENVELOPE))
+        self.assertEqual(reader.finish().fields, ())
+
+
+class EndToEndTests(TestCase):
+    @defer.inlineCallbacks
+    def test_api_and_upstream_see_the_real_headers(self):
+        stack = Stack(reactor, self.mktemp())
+        self.addCleanup(stack.close)
+        reply = yield stack.send(ENVELOPE + MESSAGE)
+        self.assertEqual(reply.code, 250)
+        (request,) = stack.api.requests
+        self.assertEqual([h["name"] for h in request.json["headers"]], ["From", "To", "Subject"])
+        (message,) = stack.upstream.messages
+        self.assertEqual(message.data,
+                         MESSAGE.replace(b"\r\n\r\n", b"\r\nX-Policy: checked\r\n\r\n", 1))
