@@ -13,6 +13,8 @@ from attrs import field, frozen
 from attrs.validators import in_
 from twisted.internet.ssl import optionsForClientTLS
 
+from smtpproxy.tls import TLSPolicy
+
 
 BARE_LF = ("normalize", "reject")
 
@@ -88,6 +90,7 @@ class Upstream:
         to (L{smtpproxy.tls.load_trust_root}); C{None} is the system store.
     @ivar username: log in to the upstream (AUTH) as this user, with
         C{password}; only over TLS, so the password never goes in clear.
+    @ivar tls_policy: the L{TLSPolicy} toward the upstream.
     @ivar client_tls: derived: the client TLS context for every delivery,
         built once so the trust store is not loaded again for each message.
     """
@@ -100,13 +103,15 @@ class Upstream:
     trust_root: object = field(default=None, repr=False)
     username: str | None = None
     password: str | None = field(default=None, repr=False)
+    tls_policy: TLSPolicy = field(factory=TLSPolicy, repr=False)
     client_tls: object = field(init=False, repr=False, eq=False)
 
     @client_tls.default
     def _client_tls(self):
         if self.tls == "none":
             return None
-        return optionsForClientTLS(self.host, trustRoot=self.trust_root)
+        return optionsForClientTLS(
+            self.host, trustRoot=self.trust_root, extraCertificateOptions=self.tls_policy.options())
 
     def __attrs_post_init__(self):
         if (self.username is None) != (self.password is None):

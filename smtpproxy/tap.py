@@ -27,7 +27,7 @@ from smtpproxy.config import BARE_LF, UPSTREAM_TLS, Limits, Policy, ProxyConfig,
 from smtpproxy.logs import LEVELS, LogFile, LogRouter, main_log, reopen
 from smtpproxy.server import build_factory
 from smtpproxy.startup import check_http_url, fail, listen
-from smtpproxy.tls import ReloadableContext, TLSFilesError, load_trust_root
+from smtpproxy.tls import ReloadableContext, TLSFilesError, load_trust_root, policy_from_options
 
 _IPV4_PORT = re.compile(r"^((?:\d{1,3}\.){3}\d{1,3})?:(\d+)$")
 BACKLOG = 511
@@ -86,6 +86,7 @@ def _upstream(options):
             trust_root=trust_root,
             username=options["upstream_user"],
             password=_password(options),
+            tls_policy=policy_from_options(options, "upstream_"),
         )
     except ValueError as e:
         fail(str(e))
@@ -125,6 +126,9 @@ class Options(usage.Options):
         ["toport", None, None, "Upstream SMTP server port (mandatory).", int],
         ["tls_cert", None, None, "PEM certificate (chain) for STARTTLS (mandatory)."],
         ["tls_key", None, None, "PEM private key for STARTTLS (mandatory)."],
+        ["tls_min_version", None, "1.2", "Lowest TLS version for clients: 1.0, 1.1, 1.2 or 1.3."],
+        ["tls_ciphers", None, None,
+         "OpenSSL cipher string for TLS 1.2 and below [default: Mozilla intermediate]."],
         ["api", None, None, "Policy API URL (mandatory)."],
         ["api_timeout", None, 30.0, "Seconds for one whole API exchange.", float],
         ["api_ca", None, None, "CA bundle for an https API [default: system store]."],
@@ -142,6 +146,9 @@ class Options(usage.Options):
          float],
         ["upstream_tls", None, "none", "TLS toward the upstream: none, starttls or tls (implicit)."],
         ["upstream_ca", None, None, "CA bundle for the upstream's certificate [default: system store]."],
+        ["upstream_tls_min_version", None, "1.2", "Lowest TLS version toward the upstream."],
+        ["upstream_tls_ciphers", None, None,
+         "Cipher string toward the upstream [default: Mozilla intermediate]."],
         ["upstream_user", None, None, "Log in to the upstream (AUTH) as this user; needs upstream TLS."],
         ["upstream_password", None, None, "Password for --upstream_user (visible in ps: prefer the file)."],
         ["upstream_password_file", None, None, "File whose first line is the upstream password."],
@@ -243,7 +250,8 @@ class Options(usage.Options):
         except ValueError as e:
             fail(f"--limit_exempt: {e}")
         try:
-            self["tls"] = ReloadableContext(self["tls_cert"], self["tls_key"])
+            self["tls"] = ReloadableContext(
+                self["tls_cert"], self["tls_key"], policy_from_options(self))
         except TLSFilesError as e:
             fail(str(e))
         self["upstream"] = _upstream(self)

@@ -3,14 +3,21 @@ TLS material read from PEM files: the server's context for STARTTLS, and
 the trust roots that verify the servers the proxy connects to.
 
 The files are read with C{cryptography} and handed to Twisted as
-C{cryptography} objects: pyOpenSSL's own PKey/X509 types are deprecated
-(TWISTED-NOTES section 3).  TLS 1.2 is the minimum (RFC 8314 section 4.1).
+C{cryptography} objects: pyOpenSSL's own PKey/X509 types are deprecated.
+
+Both sides follow a L{TLSPolicy}: by default Mozilla's "intermediate"
+profile, TLS 1.2 (RFC 8314 section 4.1) and 1.3 with forward-secret AEAD
+suites only, in the server's order of preference (Twisted sets
+C{OP_CIPHER_SERVER_PREFERENCE}).
 """
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_private_key
 from OpenSSL import SSL
+from attrs import field, frozen
+from attrs.validators import in_
 from twisted.internet.ssl import (
+    AcceptableCiphers,
     Certificate,
     CertificateOptions,
     TLSVersion,
@@ -21,6 +28,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from smtpproxy.reports import REPORT_INTERVAL
+from smtpproxy.startup import fail
 
 log = Logger()
 
@@ -29,7 +37,73 @@ class TLSFilesError(Exception):
     """A certificate, key or CA file cannot be used; the message says why."""
 
 
-def load_context(cert_path, key_path):
+INTERMEDIATE = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+    "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:DHE-RSA-CHACHA20-POLY1305"
+)
+"""Mozilla's "intermediate" TLS 1.2 suites (TLS 1.3 has only AEAD suites)."""
+
+VERSIONS = {
+    "1.0": TLSVersion.TLSv1_0,
+    "1.1": TLSVersion.TLSv1_1,
+    "1.2": TLSVersion.TLSv1_2,
+    "1.3": TLSVersion.TLSv1_3,
+}
+
+
+@frozen
+class TLSPolicy:
+    """
+    The protocol versions and TLS 1.2 cipher suites one side accepts.
+
+    @ivar min_version: the lowest version, C{"1.0"} to C{"1.3"}; below 1.2
+        only for old devices (OpenSSL's security level may forbid them even
+        then: add C{@SECLEVEL=0} to C{ciphers}).
+    @ivar ciphers: an OpenSSL cipher string for TLS 1.2 and below.
+    """
+
+    min_version: str = field(default="1.2", validator=in_(VERSIONS))
+    ciphers: str = INTERMEDIATE
+
+    def __attrs_post_init__(self):
+        """
+        A cipher string OpenSSL finds nothing in is refused now, at start,
+        rather than at the first handshake.
+        """
+        try:
+            CertificateOptions(**self.options())
+        except ValueError:
+            raise ValueError(f"no usable cipher in {self.ciphers!r}") from None
+
+    def options(self):
+        """The C{CertificateOptions} keyword arguments of this policy."""
+        floor = "raiseMinimumTo" if self.min_version >= "1.2" else "insecurelyLowerMinimumTo"
+        return {
+            floor: VERSIONS[self.min_version],
+            "acceptableCiphers": AcceptableCiphers.fromOpenSSLCipherString(self.ciphers),
+        }
+
+
+_DEFAULT = TLSPolicy()
+
+
+def policy_from_options(options, prefix=""):
+    """
+    The L{TLSPolicy} of C{--tls_min_version} and C{--tls_ciphers} (with
+    C{prefix} C{"upstream_"}, of the upstream's); a bad one stops the start.
+    """
+    version, ciphers = options[prefix + "tls_min_version"], options[prefix + "tls_ciphers"]
+    if version not in VERSIONS:
+        fail(f"--{prefix}tls_min_version must be one of {', '.join(VERSIONS)}")
+    try:
+        return TLSPolicy(version, INTERMEDIATE if ciphers is None else ciphers)
+    except ValueError as e:
+        fail(f"--{prefix}tls_ciphers: {e}")
+
+
+def load_context(cert_path, key_path, policy=_DEFAULT):
     """
     A server context from a certificate (chain) file and a key file.
 
@@ -52,7 +126,7 @@ def load_context(cert_path, key_path):
         privateKey=key,
         certificate=chain[0],
         extraCertChain=chain[1:],
-        raiseMinimumTo=TLSVersion.TLSv1_2,
+        **policy.options(),
     )
 
 
@@ -69,10 +143,11 @@ class ReloadableContext:
     @raise TLSFilesError: from the constructor, when the files are unusable.
     """
 
-    def __init__(self, cert_path, key_path):
+    def __init__(self, cert_path, key_path, policy=_DEFAULT):
         self.cert_path = cert_path
         self.key_path = key_path
-        self._current = load_context(cert_path, key_path)
+        self.policy = policy
+        self._current = load_context(cert_path, key_path, policy)
 
     def serverConnectionForTLS(self, protocol):
         return self._current.serverConnectionForTLS(protocol)
@@ -86,7 +161,7 @@ class ReloadableContext:
         @return: whether the new pair is in use.
         """
         try:
-            self._current = load_context(self.cert_path, self.key_path)
+            self._current = load_context(self.cert_path, self.key_path, self.policy)
         except TLSFilesError as e:
             log.error("TLS reload failed, keeping the certificate in use: {reason}", reason=str(e))
             return False

@@ -21,7 +21,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
 
 from smtpproxy import Limits
-from tests.support.certs import client_options
+from tests.support.certs import client_options, make_certificates
 from tests.support.client import connect, send_mail
 from tests.support.stack import PASSWORD, USER
 from tests.support.twistd import (
@@ -114,7 +114,12 @@ class OperatorLogTests(TestCase):
 
     @defer.inlineCallbacks
     def test_static_rsa_cbc_client_refused_and_logged(self):
-        """TLS 1.2 offering only AES128-SHA (no forward secrecy, CBC): no handshake, one info line."""
+        """
+        TLS 1.2 offering only AES128-SHA (no forward secrecy, CBC) to a proxy
+        with an RSA certificate, which could do it: no handshake, one info line.
+        """
+        os.makedirs(self.path("rsa"))
+        self.certs = make_certificates(self.path("rsa"), key_type="rsa")
         twistd = yield self.start()
         client = yield connect(reactor, self.port)
         yield client.command(b"EHLO client.example", expect=250)
@@ -125,6 +130,18 @@ class OperatorLogTests(TestCase):
         yield twistd.logged("TLS handshake failed")
         self.assertIn("[smtpproxy.tls#info] TLS handshake failed with 127.0.0.1: no shared cipher",
                       twistd.log)
+        yield self.stop(twistd)
+
+    @defer.inlineCallbacks
+    def test_tls_policy_options(self):
+        """--tls_ciphers and --tls_min_version reach the listener: here only TLS 1.3."""
+        twistd = yield self.start("--tls_min_version=1.3", "--tls_ciphers=AES128-SHA")
+        client = yield connect(reactor, self.port)
+        yield client.command(b"EHLO client.example", expect=250)
+        tls12 = CertificateOptions(lowerMaximumSecurityTo=TLSVersion.TLSv1_2)
+        yield self.assertFailure(client.starttls(tls12), Exception)
+        yield twistd.logged("TLS handshake failed")
+        self.assertIn("TLS handshake failed with 127.0.0.1: unsupported protocol", twistd.log)
         yield self.stop(twistd)
 
     @defer.inlineCallbacks

@@ -17,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from smtpproxy import tap
 from smtpproxy.haproxy import _HeaderFirstFactory
-from smtpproxy.tls import ReloadableContext
+from smtpproxy.tls import ReloadableContext, TLSPolicy
 from tests.support.certs import make_certificates
 from tests.support.twistd import twistd_command, twistd_environment
 
@@ -237,6 +237,25 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(
             line, "smtpproxy: cannot read password file /nonexistent/pw: No such file or directory\n"
         )
+
+    def test_tls_policy(self):
+        """Mozilla intermediate by default; both sides tunable; nonsense refused at start."""
+        options = self.parse(self.arguments())
+        self.assertEqual(options["tls"].policy, TLSPolicy())
+        self.assertEqual(options["upstream"].tls_policy, TLSPolicy())
+        options = self.parse(self.arguments(
+            tls_min_version="1.3", upstream_tls_min_version="1.0", upstream_tls_ciphers="HIGH"))
+        self.assertEqual(options["tls"].policy.min_version, "1.3")
+        self.assertEqual(options["upstream"].tls_policy, TLSPolicy("1.0", "HIGH"))
+
+    def test_bad_tls_policy(self):
+        line, code = self.failure(self.arguments(tls_min_version="1.4"))
+        self.assertEqual(line, "smtpproxy: --tls_min_version must be one of 1.0, 1.1, 1.2, 1.3\n")
+        self.assertEqual(code, 2)
+        self.stderr.truncate(0)
+        self.stderr.seek(0)
+        line, _ = self.failure(self.arguments(upstream_tls_ciphers="NO-SUCH-CIPHER"))
+        self.assertEqual(line, "smtpproxy: --upstream_tls_ciphers: no usable cipher in 'NO-SUCH-CIPHER'\n")
 
     def test_version(self):
         with self.assertRaises(SystemExit) as raised:
