@@ -236,6 +236,8 @@ class Options(usage.Options):
         if missing:
             fail("missing mandatory option " + ", ".join(missing) + " (see --help)")
         check_http_url("api", self["api"])
+        if self["auth_api"] is not None:
+            check_http_url("auth_api", self["auth_api"])
         if self["loglevel"] not in LEVELS:
             fail(f"--loglevel must be one of {', '.join(LEVELS)}")
         if self["bare_lf"] not in BARE_LF:

@@ -28,7 +28,7 @@ class TwistdStartTests(TestCase):
         self.addCleanup(self.taken.close)
         self.taken.bind(("127.0.0.1", 0))
         self.taken.listen()
-        self.taken_address = "127.0.0.1:%d" % self.taken.getsockname()[1]
+        self.taken_address = f"127.0.0.1:{self.taken.getsockname()[1]}"
 
     @defer.inlineCallbacks
     def refused(self, *arguments):
