@@ -38,6 +38,8 @@ def build_request(
     headers: list[dict],
     client_address: str,
     helo: str,
+    mail_parameters: Sequence = (),
+    rcpt_parameters: Sequence = (),
 ) -> dict:
     """
     The JSON object of SPEC section 3.
@@ -46,6 +48,13 @@ def build_request(
     @param sender: the MAIL FROM address without brackets, C{""} for C{<>}.
     @param headers: the header fields as C{{"name": ..., "value": ...}}
         dicts, already unfolded and decoded.
+    @param mail_parameters: MAIL's L{smtpproxy.parameters.Parameter}s.
+    @param rcpt_parameters: each recipient's RCPT parameters, in order.
+
+    The parameters appear as the original proxy's newer version shows
+    them, so an API written for it works unchanged: C{mailParameters} is
+    every MAIL parameter as sent (keyword upper-cased, C{null} for one
+    without a value), C{rcptParameters} one entry per recipient.
     """
     return {
         "username": login.username,
@@ -55,6 +64,12 @@ def build_request(
         "headers": headers,
         "client_address": client_address,
         "helo": helo,
+        "mailParameters": [p.for_api() for p in mail_parameters],
+        "rcptParameters": [
+            {"address": address, "parameters": [p.for_api() for p in parameters]}
+            for address, parameters in zip(
+                recipients, rcpt_parameters or [()] * len(recipients), strict=True)
+        ],
     }
 
 
@@ -70,12 +85,15 @@ class Decision:
     @ivar sender: the replacement envelope sender, C{""} for C{<>}; C{None}
         keeps the client's.
     @ivar cause: why the API counts as unavailable, for the log only.
+    @ivar auth_id: the API's C{authId}, its own reference for this
+        message, for the log line; L{None} when it gave none.
     """
 
     reply: Reply | None = None
     headers: tuple[tuple[str, str | None], ...] = ()
     sender: str | None = None
     cause: str | None = None
+    auth_id: str | None = None
 
     @property
     def allowed(self) -> bool:
@@ -126,9 +144,10 @@ def _decide(status, body):
     entries = field(answer, "headers", list, [])
     headers = tuple(_header(i, entry) for i, entry in enumerate(entries))
     sender = _sender(answer)
+    auth_id = field(answer, "authId", str) if "authId" in answer else None
     if allow:
-        return Decision(headers=headers, sender=sender)
-    return Decision(reply=_refusal(reason, temporary))
+        return Decision(headers=headers, sender=sender, auth_id=auth_id)
+    return Decision(reply=_refusal(reason, temporary), auth_id=auth_id)
 
 
 def field(obj, key, kind, default=_MISSING):

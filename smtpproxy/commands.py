@@ -15,26 +15,46 @@ from ipaddress import IPv4Address, IPv6Address
 from attrs import frozen
 
 from smtpproxy import replies
+from smtpproxy.parameters import (
+    Offer,
+    Parameter,
+    ParameterError,
+    parse_mail_parameters,
+    parse_rcpt_parameters,
+    present,
+    value,
+)
 
 _ATEXT = r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]"
-# qtextSMTP and quoted-pairSMTP without space, "<" and ">": RFC 5321 allows
-# them in quotes, but SPEC section 1 refuses spaces in addresses, and an
-# upstream that finds the path's end by the first ">" would read the rest of
-# the address as parameters.
-_QUOTED = r'"(?:[!#-;=?-\[\]-~]|\\[!-;=?-~])*"'
-_LOCAL_PART = rf"(?:{_ATEXT}+(?:\.{_ATEXT}+)*|{_QUOTED})"  # Dot-string / Quoted-string
-_MAILBOX = re.compile(rf"{_LOCAL_PART}@(?P<domain>.+)", re.DOTALL)
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_DOMAIN = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+# RFC 6531: with SMTPUTF8, atext, qtext and labels also take non-ASCII
+# characters; still no C1 control and no white space of any script.
+_UTF8 = r"[^\x00-\x9f\xa0\u1680\u2000-\u200f\u2028-\u202f\u205f-\u206f\u3000\ufeff]"
+# qtextSMTP and quoted-pairSMTP (RFC 5321 section 4.1.2) without "<" and
+# ">": an upstream that finds the path's end by the first ">" would read
+# the rest of the address as parameters.
+_QTEXT = r"[ !#-;=?-\[\]-~]"
+_QPAIR = r"\\[ -;=?-~]"
+_LABEL_CHAR = "[A-Za-z0-9]"
 _MAX_DOMAIN = 255  # RFC 5321 section 4.5.3.1.2
 _IPV4_CHARACTERS = re.compile(r"[0-9.]+")
 # Hex digits, colons and an embedded IPv4 part; no "%" scope id, which
 # ipaddress would accept but RFC 5321 does not.
 _IPV6_CHARACTERS = re.compile(r"[0-9A-Fa-f:.]+")
 
-_PARAMETER = re.compile(r"(?P<keyword>[A-Za-z0-9][A-Za-z0-9-]*)(?:=(?P<value>[!-<>-~]+))?")
-_SIZE_VALUE = re.compile(r"[0-9]{1,20}")  # RFC 1870: size-value ::= 1*20DIGIT
-_BODY_VALUES = frozenset({"7BIT", "8BITMIME"})  # RFC 6152; BINARYMIME is not offered
+
+def _grammar(utf8):
+    """The Mailbox and Domain patterns, ASCII or (RFC 6531) UTF-8."""
+    extra = f"|{_UTF8}" if utf8 else ""
+    atext = f"(?:{_ATEXT}{extra})"
+    quoted = f'"(?:{_QTEXT}|{_QPAIR}{extra})*"'
+    local_part = rf"(?:{atext}+(?:\.{atext}+)*|{quoted})"  # Dot-string / Quoted-string
+    alnum = f"(?:{_LABEL_CHAR}{extra})"
+    label = rf"{alnum}(?:(?:{alnum}|-){{0,61}}{alnum})?"
+    return (re.compile(rf"{local_part}@(?P<domain>.+)", re.DOTALL),
+            re.compile(rf"{label}(?:\.{label})*"))
+
+
+_GRAMMARS = {False: _grammar(False), True: _grammar(True)}
 
 
 def _argument_pattern(keyword):
@@ -69,14 +89,36 @@ class MailFrom:
     A parsed MAIL argument.
 
     @ivar address: the reverse-path without brackets, C{""} for C{<>}.
-    @ivar size: the declared C{SIZE=}, or C{None}; the session compares it
-        with its limit.
-    @ivar body: C{"7BIT"} or C{"8BITMIME"} from C{BODY=}, or C{None}.
+    @ivar parameters: the L{Parameter}s, in the client's order.
     """
 
     address: str
-    size: int | None = None
-    body: str | None = None
+    parameters: tuple[Parameter, ...] = ()
+
+    @property
+    def size(self):
+        """The declared C{SIZE=}, or L{None}; the session compares it with its limit."""
+        size = value(self.parameters, "SIZE")
+        return None if size is None else int(size)
+
+    @property
+    def body(self):
+        """C{"7BIT"} or C{"8BITMIME"} from C{BODY=}, or L{None}."""
+        body = value(self.parameters, "BODY")
+        return None if body is None else body.upper()
+
+    @property
+    def smtputf8(self):
+        """Whether the transaction uses SMTPUTF8 (RFC 6531): UTF-8 addresses allowed."""
+        return present(self.parameters, "SMTPUTF8")
+
+
+@frozen
+class RcptTo:
+    """A parsed RCPT argument: the address without brackets, and the L{Parameter}s."""
+
+    address: str
+    parameters: tuple[Parameter, ...] = ()
 
 
 def parse_command(line: bytes) -> Command:
@@ -92,42 +134,50 @@ def parse_command(line: bytes) -> Command:
     return Command(verb, argument.strip(b" \t"))
 
 
-def parse_mail(argument: bytes) -> MailFrom:
+def parse_mail(argument: bytes, offer: Offer = Offer()) -> MailFrom:
     """
-    Parse C{FROM:<reverse-path> [SIZE=n] [BODY=7BIT|8BITMIME]}.
+    Parse C{FROM:<reverse-path> [parameters]}; see L{smtpproxy.parameters}
+    for the parameters C{offer} allows.
 
     @raise CommandError: 501 5.5.4 for bad syntax or a bad parameter value,
-        501 5.1.3 for a bad address, 555 5.5.4 for any other parameter
-        (SMTPUTF8 included: it is not offered, so addresses are ASCII).
+        501 5.1.3 for a bad address, 553 5.6.7 for a non-ASCII address
+        without SMTPUTF8, 555 5.5.4 for a parameter not offered.
     """
-    path, parameters = _split_argument(_MAIL_ARGUMENT, argument, replies.MAIL_SYNTAX)
-    address = "" if path == "" else _path_address(path)
-    size, body = _mail_parameters(parameters)
-    return MailFrom(address, size, body)
+    path, text = _split_argument(_MAIL_ARGUMENT, argument, replies.MAIL_SYNTAX)
+    utf8 = offer.smtputf8 and "SMTPUTF8" in text.upper().split(" ")
+    address = "" if path == "" else _path_address(path, utf8)
+    return MailFrom(address, _parameters(parse_mail_parameters, text, offer))
 
 
-def parse_rcpt(argument: bytes) -> str:
+def parse_rcpt(argument: bytes, offer: Offer = Offer(), utf8: bool = False) -> RcptTo:
     """
-    Parse C{TO:<forward-path>} and return the address without brackets.
+    Parse C{TO:<forward-path> [parameters]}.
 
     C{<>} is no recipient; C{<postmaster>} without a domain is one
-    (RFC 5321 section 4.1.1.3).  No RCPT parameter is offered.
+    (RFC 5321 section 4.1.1.3).
 
+    @param utf8: the transaction's MAIL had SMTPUTF8.
     @raise CommandError: as L{parse_mail}.
     """
-    path, parameters = _split_argument(_RCPT_ARGUMENT, argument, replies.RCPT_SYNTAX)
-    address = path if path.lower() == "postmaster" else _path_address(path)
-    if parameters:
-        raise CommandError(replies.UNKNOWN_PARAMETER)
-    return address
+    path, text = _split_argument(_RCPT_ARGUMENT, argument, replies.RCPT_SYNTAX)
+    address = path if path.lower() == "postmaster" else _path_address(path, utf8)
+    return RcptTo(address, _parameters(parse_rcpt_parameters, text, offer))
 
 
-def valid_mailbox(address: str) -> bool:
+def _parameters(parse, text, offer):
+    try:
+        return parse(text, offer)
+    except ParameterError as e:
+        raise CommandError(e.reply) from None
+
+
+def valid_mailbox(address: str, utf8: bool = False) -> bool:
     """
     Whether C{address} (no brackets, no source route) is a mailbox that can
-    be put into an upstream MAIL or RCPT command as it is.
+    be put into an upstream MAIL or RCPT command as it is; with C{utf8}, a
+    mailbox of RFC 6531 (SMTPUTF8).
     """
-    return _is_mailbox(address)
+    return _is_mailbox(address, utf8)
 
 
 def _split_argument(pattern, argument, syntax_error):
@@ -143,34 +193,43 @@ def _split_argument(pattern, argument, syntax_error):
     return match["path"], (match["parameters"] or "").strip(" ")
 
 
-def _path_address(path):
+def _path_address(path, utf8):
     """
     The mailbox of a path, without the source route that RFC 5321 section
-    4.1.2 says to accept and ignore.
+    4.1.2 says to accept and ignore.  The path arrives as Latin-1 (one
+    character per byte); non-ASCII bytes must be UTF-8, and are allowed
+    only with SMTPUTF8 (RFC 6531 section 3.3).
     """
+    if not path.isascii():
+        if not utf8:
+            raise CommandError(replies.NEEDS_SMTPUTF8)
+        try:
+            path = path.encode("latin-1").decode("utf-8")
+        except UnicodeDecodeError:
+            raise CommandError(replies.BAD_ADDRESS) from None
     if path.startswith("@"):
         route, _, path = path.partition(":")
-        if not all(hop.startswith("@") and _is_domain(hop[1:]) for hop in route.split(",")):
+        if not all(hop.startswith("@") and _is_domain(hop[1:], utf8) for hop in route.split(",")):
             raise CommandError(replies.BAD_ADDRESS)
-    if not _is_mailbox(path):
+    if not _is_mailbox(path, utf8):
         raise CommandError(replies.BAD_ADDRESS)
     return path
 
 
-def _is_mailbox(address):
+def _is_mailbox(address, utf8=False):
     """RFC 5321 Mailbox: Local-part "@" ( Domain / address-literal )."""
-    match = _MAILBOX.fullmatch(address)
+    match = _GRAMMARS[utf8][0].fullmatch(address)
     if match is None:
         return False
     domain = match["domain"]
     if domain.startswith("[") and domain.endswith("]"):
         return _is_address_literal(domain[1:-1])
-    return _is_domain(domain)
+    return _is_domain(domain, utf8)
 
 
-def _is_domain(domain):
+def _is_domain(domain, utf8=False):
     """Dot-separated labels of letters, digits and inner hyphens."""
-    return len(domain) <= _MAX_DOMAIN and _DOMAIN.fullmatch(domain) is not None
+    return len(domain) <= _MAX_DOMAIN and _GRAMMARS[utf8][1].fullmatch(domain) is not None
 
 
 def _is_address_literal(literal):
@@ -193,41 +252,3 @@ def _is_ip(kind, characters, text):
     except ValueError:
         return False
     return True
-
-
-def _mail_parameters(text):
-    """
-    The SIZE and BODY values of MAIL's parameters (RFC 1870, RFC 6152).
-
-    Each keyword may appear once: a repeated one is malformed.
-    """
-    values = {}
-    for parameter in filter(None, text.split(" ")):
-        match = _PARAMETER.fullmatch(parameter)
-        if match is None:
-            raise CommandError(replies.BAD_PARAMETER)
-        keyword, value = match["keyword"].upper(), match["value"]
-        if keyword not in ("SIZE", "BODY"):
-            raise CommandError(replies.UNKNOWN_PARAMETER)
-        if keyword in values or value is None:
-            raise CommandError(replies.BAD_PARAMETER)
-        values[keyword] = value
-    return _size(values.get("SIZE")), _body(values.get("BODY"))
-
-
-def _size(value):
-    """The declared size; digits only, as C{int()} would also take C{+1} or C{1_0}."""
-    if value is None:
-        return None
-    if _SIZE_VALUE.fullmatch(value) is None:
-        raise CommandError(replies.BAD_PARAMETER)
-    return int(value)
-
-
-def _body(value):
-    """The declared body type, upper-cased for the caller's comparisons."""
-    if value is None:
-        return None
-    if value.upper() not in _BODY_VALUES:
-        raise CommandError(replies.BAD_PARAMETER)
-    return value.upper()

@@ -165,6 +165,10 @@ class ProxyConfig:
     @ivar verify_recipients: ask the upstream about each recipient at RCPT
         time (L{smtpproxy.verify}).
     @ivar verify_cache_time: seconds a definite verdict is kept; 0 keeps none.
+    @ivar probe_upstream: ask the upstream what it offers (EHLO) as soon as
+        the proxy listens, so DSN, SMTPUTF8 and its SIZE can be offered
+        from the first client on; without it they are learned from the
+        first delivery or recipient check.
     """
 
     policy: Policy
@@ -176,3 +180,4 @@ class ProxyConfig:
     log_credentials: bool = False
     verify_recipients: bool = False
     verify_cache_time: float = 60
+    probe_upstream: bool = True

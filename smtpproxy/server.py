@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from twisted.mail import smtp
 
 from smtpproxy import replies, upstream
+from smtpproxy.capabilities import UpstreamCapabilities
 from smtpproxy.connections import ConnectionTable
 from smtpproxy.headers import Budget
 from smtpproxy.lockout import FailureTable
@@ -49,11 +50,23 @@ class ProxyFactory(smtp.SMTPFactory):
         self.failures = FailureTable(
             config.limits.max_auth_failures, config.limits.auth_failure_window, reactor)
         self.handshake_failures = FloodReport(reactor, log_handshake_failures)
+        self.capabilities = UpstreamCapabilities(reactor, self._probe)
         self.draining = False
         self._numbers = itertools.count(1)
         self._sessions = set()
         self._counted = set()
         self._drained = None
+
+    def startFactory(self):
+        """The first listener is up: learn what the upstream offers."""
+        if self.config.probe_upstream:
+            self.capabilities.start()
+
+    def stopFactory(self):
+        self.capabilities.stop()
+
+    def _probe(self):
+        return upstream.probe(self.reactor, self.config.upstream, self.config.hostname)
 
     def buildProtocol(self, addr):
         session = ProxySession(self, next(self._numbers))
@@ -200,16 +213,17 @@ class ProxyFactory(smtp.SMTPFactory):
         """A new L{Transaction}; C{session} holds its C{connection} and C{tls}."""
         return Transaction(self, login, client, helo, **session)
 
-    def recipient_check(self, sender):
+    def recipient_check(self, sender, mail_parameters=()):
         """Ask the upstream about a transaction's recipients (C{--verify_recipients})."""
-        return RecipientCheck(self, sender)
+        return RecipientCheck(self, sender, mail_parameters)
 
-    def deliver(self, sender, recipients, data, body=None):
+    def deliver(self, sender, recipients, data, mail_parameters=(), rcpt_parameters=None):
         """Relay one allowed message upstream: a Deferred firing with a Reply."""
         started = self.reactor.seconds()
         delivered = upstream.deliver(
             self.reactor, self.config.upstream, self.config.hostname,
-            sender, recipients, data, body,
+            sender, recipients, data, mail_parameters, rcpt_parameters,
+            learn=self.capabilities.learn,
         )
         return delivered.addCallback(self._timed, started)
 

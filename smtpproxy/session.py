@@ -44,6 +44,7 @@ from zope.interface import implementer
 
 from smtpproxy import auth, replies
 from smtpproxy.commands import CommandError, parse_command, parse_mail, parse_rcpt
+from smtpproxy.parameters import Offer
 from smtpproxy.framing import BARE_LF, TOO_LONG, Framer
 from smtpproxy.tls import handshake_error, negotiated
 
@@ -94,6 +95,7 @@ class ProxySession(smtp.ESMTP):
         self._producing = False
         self._closing = False
         self._login = None
+        self._offer = Offer()
         self._auth = None
         self._transaction = None
         self._message = None
@@ -114,17 +116,41 @@ class ProxySession(smtp.ESMTP):
         super().sendLine(line)
 
     def extensions(self):
-        """Offer AUTH only inside TLS and STARTTLS only outside it."""
+        """
+        Offer AUTH only inside TLS and STARTTLS only outside it; DSN and
+        SMTPUTF8 as L{_upstream_offer} says; SIZE no larger than the
+        upstream's.
+        """
         ext = {}
         if not self.startedTLS and self.canStartTLS:
             ext[b"STARTTLS"] = None
         ext[b"PIPELINING"] = None
         ext[b"8BITMIME"] = None
-        ext[b"SIZE"] = [b"%d" % self.limits.max_message_size]
+        ext[b"SIZE"] = [b"%d" % self._size_limit()]
         ext[b"ENHANCEDSTATUSCODES"] = None
+        if self._offer.dsn:
+            ext[b"DSN"] = None
+        if self._offer.smtputf8:
+            ext[b"SMTPUTF8"] = None
         if self.startedTLS:
             ext[b"AUTH"] = [b"PLAIN", b"LOGIN"]
         return ext
+
+    def _upstream_offer(self):
+        """
+        DSN and SMTPUTF8 are offered (inside TLS, where mail is taken) only
+        while the upstream offers them: the proxy cannot carry them further.
+        """
+        capabilities = self.factory.capabilities.current
+        if capabilities is None or not self.startedTLS:
+            return Offer()
+        return Offer(dsn=capabilities.offers("DSN"), smtputf8=capabilities.offers("SMTPUTF8"))
+
+    def _size_limit(self):
+        """C{--max_message_size}, or the upstream's SIZE where that is smaller."""
+        own = self.limits.max_message_size
+        capabilities = self.factory.capabilities.current
+        return own if capabilities is None else capabilities.size_limit(own)
 
     # Input.
 
@@ -244,6 +270,7 @@ class ProxySession(smtp.ESMTP):
 
     def smtp_EHLO(self, argument):
         if self._greet(argument):
+            self._offer = self._upstream_offer()
             self.sendCode(250, self.host + b" Hello\n" + self.listExtensions())
 
     def smtp_HELO(self, argument):
@@ -256,6 +283,7 @@ class ProxySession(smtp.ESMTP):
             self.reply(replies.DOMAIN_REQUIRED)
             return False
         self._helo = (argument, self._helo[1])
+        self._offer = Offer()
         self._end_transaction()
         return True
 
@@ -270,6 +298,7 @@ class ProxySession(smtp.ESMTP):
             self.reply(replies.SERVICE_READY_TLS)
             self._framer.discard()
             self._helo = (None, self._helo[1])
+            self._offer = Offer()
             self._login = None
             self._end_transaction()
             self._handshaking = True
@@ -327,18 +356,18 @@ class ProxySession(smtp.ESMTP):
             self.reply(replies.NESTED_MAIL)
         else:
             try:
-                mail = parse_mail(argument)
+                mail = parse_mail(argument, self._offer)
             except CommandError as e:
                 self.reply(e.reply)
                 return
-            if mail.size is not None and mail.size > self.limits.max_message_size:
+            if mail.size is not None and mail.size > self._size_limit():
                 self.reply(replies.MESSAGE_TOO_BIG)
                 return
             helo = _text(self._helo[0] or b"")
             self._transaction = self.factory.transaction(
                 self._login, self.client, helo, connection=self.number, tls=self._tls)
             self._transaction.validateFrom(self._helo, mail.address)
-            self._transaction.body = mail.body
+            self._transaction.mail_parameters = mail.parameters
             self.reply(replies.SENDER_OK)
 
     def smtp_RCPT(self, argument):
@@ -346,16 +375,16 @@ class ProxySession(smtp.ESMTP):
             self.reply(replies.NEED_SENDER)
             return
         try:
-            recipient = parse_rcpt(argument)
+            rcpt = parse_rcpt(argument, self._offer, self._transaction.smtputf8)
         except CommandError as e:
             self.reply(e.reply)
             return
         if len(self._transaction.recipients) >= self.limits.max_recipients:
             self.reply(replies.TOO_MANY_RECIPIENTS)
         elif self.factory.config.verify_recipients:
-            self._await(self._transaction.verify(recipient))
+            self._await(self._transaction.verify(rcpt.address, rcpt.parameters))
         else:
-            self._transaction.validateTo(recipient)
+            self._transaction.validateTo(rcpt.address, rcpt.parameters)
             self.reply(replies.RECIPIENT_OK)
 
     def smtp_DATA(self, argument):

@@ -23,6 +23,7 @@ from smtpproxy import replies
 from smtpproxy.answer import build_request
 from smtpproxy.headers import HeaderReader, HeaderTooLarge
 from smtpproxy.metrics import outcome
+from smtpproxy.parameters import present
 
 log = Logger(namespace="smtpproxy.message")
 
@@ -39,8 +40,10 @@ class Transaction:
     @ivar login: the client's L{smtpproxy.auth.Login}.
     @ivar client: the client's IP address (or a UNIX socket's name).
     @ivar helo: the client's EHLO/HELO argument.
-    @ivar body: MAIL FROM's C{BODY=} value (C{"8BITMIME"}, C{"7BIT"}) or
-        L{None}, passed on to the upstream (RFC 6152).
+    @ivar mail_parameters: MAIL FROM's L{smtpproxy.parameters.Parameter}s,
+        shown to the API and passed on to the upstream where it offers them.
+    @ivar rcpt_parameters: each recipient's RCPT parameters, in the order
+        of C{recipients}.
     @ivar connection: the session's number, as the smtplog shows it, so a
         message's log line leads to its dialogue.
     @ivar tls: the negotiated TLS version and cipher
@@ -55,8 +58,9 @@ class Transaction:
         self.connection = connection
         self.tls = tls
         self.sender = None
-        self.body = None
+        self.mail_parameters = ()
         self.recipients = []
+        self.rcpt_parameters = []
         self._check = None
 
     def receivedHeader(self, helo, origin, recipients):
@@ -67,27 +71,34 @@ class Transaction:
         self.sender = origin
         return origin
 
-    def validateTo(self, user):
+    def validateTo(self, user, parameters=()):
         self.recipients.append(user)
+        self.rcpt_parameters.append(parameters)
         return self.begin
 
     def begin(self):
         """The one L{Message} for all recipients (TWISTED-NOTES fight B)."""
         return Message(self)
 
-    def verify(self, recipient):
+    @property
+    def smtputf8(self):
+        """Whether MAIL FROM had SMTPUTF8: addresses may be UTF-8 (RFC 6531)."""
+        return present(self.mail_parameters, "SMTPUTF8")
+
+    def verify(self, recipient, parameters=()):
         """
         Ask the upstream about C{recipient} (C{--verify_recipients}); it
         joins the envelope only if accepted.  A Deferred firing with the
         client's reply; it never fails.
         """
         if self._check is None:
-            self._check = self.services.recipient_check(self.sender)
-        return self._check.ask(recipient).addCallback(self._verified, recipient)
+            self._check = self.services.recipient_check(self.sender, self.mail_parameters)
+        return self._check.ask(recipient, parameters).addCallback(
+            self._verified, recipient, parameters)
 
-    def _verified(self, reply, recipient):
+    def _verified(self, reply, recipient, parameters):
         if reply == replies.RECIPIENT_OK:
-            self.validateTo(recipient)
+            self.validateTo(recipient, parameters)
         return reply
 
     def end(self):
@@ -125,6 +136,7 @@ class Message:
         self._api_time = None
         self._upstream_data = None
         self._withdrawn = False
+        self.auth_id = None
 
     def dataReceived(self, data):
         """Take the next piece of the message."""
@@ -182,7 +194,8 @@ class Message:
         self._separator = b"" if separated else b"\r\n"
         t = self.transaction
         request = build_request(
-            t.login, t.sender, t.recipients, block.for_api(), t.client, t.helo
+            t.login, t.sender, t.recipients, block.for_api(), t.client, t.helo,
+            t.mail_parameters, t.rcpt_parameters,
         )
         asked = self._clock.seconds()
         self._policy = "pending"
@@ -191,6 +204,7 @@ class Message:
     def _answered(self, decision, asked):
         """Time the API when it answers, not when the message ends."""
         self._api_time = self._clock.seconds() - asked
+        self.auth_id = decision.auth_id
         if decision.allowed:
             self._policy = "allow"
         elif decision.reply == replies.POLICY_UNAVAILABLE:
@@ -221,7 +235,8 @@ class Message:
         data = self._upstream_data = _Concatenation(head, self._spool)
         t = self.transaction
         sender = t.sender if decision.sender is None else decision.sender
-        return t.services.deliver(sender, t.recipients, data, t.body)
+        return t.services.deliver(sender, t.recipients, data, t.mail_parameters,
+                                  t.rcpt_parameters)
 
     def _crashed(self, failure):
         log.failure("message handling failed", failure)
@@ -238,8 +253,10 @@ class Message:
         log.info(
             "message {result} conn={conn} client={client} user={user!r} from=<{sender}> "
             "rcpts={count} size={size} policy={policy} api={api} tls={tls} "
-            "reply={code} {text} time={time:.0f}ms",
-            result=result, api=api, code=reply.code, text=reply.text, **self._fields(),
+            "{auth_id}reply={code} {text} time={time:.0f}ms",
+            result=result, api=api, code=reply.code, text=reply.text,
+            auth_id="" if self.auth_id is None else f"auth_id={self.auth_id!r} ",
+            **self._fields(),
         )
         return reply
 

@@ -23,6 +23,8 @@ from twisted.mail import smtp
 from twisted.python.failure import Failure
 
 from smtpproxy import replies
+from smtpproxy.capabilities import Capabilities
+from smtpproxy.parameters import DSN_MAIL, DSN_RCPT, for_upstream
 
 log = Logger(namespace="smtpproxy.upstream")
 
@@ -44,6 +46,8 @@ class UpstreamClient(smtp.ESMTPSender):
     """
 
     _outcome = None
+    capabilities = Capabilities()
+    """What the upstream's last EHLO offered (nothing after a HELO fallback)."""
 
     def connectionMade(self):
         """
@@ -78,6 +82,28 @@ class UpstreamClient(smtp.ESMTPSender):
         super().smtpState_helo(code, resp)
         self._failresponse = self.smtpConnectionFailed
 
+    def esmtpState_serverConfig(self, code, resp):
+        """
+        Note what the upstream offers; after STARTTLS the second EHLO's
+        answer replaces the first, as it should.
+        """
+        self.capabilities = Capabilities.from_ehlo(resp)
+        super().esmtpState_serverConfig(code, resp)
+
+    def smtpState_from(self, code, resp):
+        """
+        The connection is ready for MAIL FROM: tell the factory's C{learn}
+        (if any) what the upstream offers, then let the subclass go on.
+        """
+        learn = getattr(self.factory, "learn", None)
+        if learn is not None:
+            learn(self.capabilities)
+        self.ready()
+
+    def ready(self):
+        """Subclasses start their own conversation here."""
+        raise NotImplementedError
+
     def sendError(self, exc):
         """
         Keep the first error for L{connectionLost} and close (QUIT or drop),
@@ -111,32 +137,41 @@ class RelaySender(UpstreamClient):
     upstream could not be used.
     """
 
-    _takes8bit = False
-
-    def esmtpState_serverConfig(self, code, resp):
-        """
-        Note whether the upstream offers 8BITMIME (the EHLO after STARTTLS
-        is the one that counts, and comes last).
-        """
-        self._takes8bit = b"8BITMIME" in resp.upper().split()
-        super().esmtpState_serverConfig(code, resp)
-
-    def smtpState_from(self, code, resp):
+    def ready(self):
         """
         Send the sender exactly as given (C{<>} for the null sender): the
         stock code parses it with L{smtp.Address}, which rejects valid
-        addresses such as C{user@[192.0.2.1]}.  The client's C{BODY=}
-        goes along where the upstream offers 8BITMIME (RFC 6152: an 8-bit
-        message stays marked as such); to one that does not (HELO, or EHLO
-        without it) the message goes unmarked, as most servers take 8-bit
-        data anyway, rather than be refused for an unknown parameter.
+        addresses such as C{user@[192.0.2.1]}.  The client's parameters
+        follow as it sent them, each where the upstream offers its
+        extension (L{for_upstream}); what it does not offer now is left
+        out with a warning (DSN's; RFC 3461 section 4.2 then has the relay
+        itself answer for the notifications), except C{SMTPUTF8}: a message
+        with UTF-8 addresses is not sent as plain mail, the client gets a
+        4xx and tries again later.
         """
+        offered = self.capabilities.keywords
+        factory = self.factory
+        keep_auth = factory.username is not None
+        mail, dropped = for_upstream(factory.mail_parameters, offered, keep_auth)
+        self._rcpt_suffixes = []
+        for parameters in factory.rcpt_parameters:
+            suffix, lost = for_upstream(parameters, offered)
+            self._rcpt_suffixes.append(suffix.encode("ascii"))
+            dropped += lost
+        if "SMTPUTF8" in dropped:
+            log.warn("upstream does not offer SMTPUTF8 now: a message with UTF-8 addresses waits")
+            self._outcome = (replies.NO_SMTPUTF8.code, replies.NO_SMTPUTF8.encode())
+            self._disconnectFromServer()
+            return
+        lost = sorted(set(dropped) & (DSN_MAIL | DSN_RCPT))
+        if lost:
+            log.warn("upstream does not offer DSN now: relaying without {keywords}",
+                     keywords=", ".join(lost))
+        self._rcpt_suffixes = iter(self._rcpt_suffixes)
         self._expected = [250]
         self._okresponse = self.smtpState_to
         self._failresponse = self.smtpTransferFailed
-        marked = self.factory.body is not None and self._takes8bit
-        body = b" BODY=" + self.factory.body if marked else b""
-        self.sendLine(b"MAIL FROM:<" + self.factory.fromEmail + b">" + body)
+        self.sendLine(b"MAIL FROM:<" + factory.fromEmail + b">" + mail.encode("ascii"))
 
     def smtpState_toOrData(self, code, resp):
         """
@@ -151,7 +186,7 @@ class RelaySender(UpstreamClient):
             self.toAddressesResult.append((self.lastAddress, code, resp))
         self.lastAddress = next(self.toAddresses, None)
         if self.lastAddress is not None:
-            self.sendLine(b"RCPT TO:<" + self.lastAddress + b">")
+            self.sendLine(b"RCPT TO:<" + self.lastAddress + b">" + next(self._rcpt_suffixes))
             return
         refusals = [(c, r) for _, c, r in self.toAddressesResult if c not in smtp.SUCCESS]
         if refusals:
@@ -223,7 +258,31 @@ class RelaySender(UpstreamClient):
         self._failresponse = self.smtpTransferFailed
         self.sendLine(b".")
 
-def deliver(reactor, upstream, hostname, sender, recipients, data, body=None):
+
+class Probe(UpstreamClient):
+    """Learn what the upstream offers (EHLO, after TLS and AUTH as configured), then QUIT."""
+
+    def ready(self):
+        self._outcome = self.capabilities
+        self._disconnectFromServer()
+
+
+def probe(reactor, upstream, hostname):
+    """
+    A Deferred firing with the upstream's L{Capabilities}; a failure is
+    logged (L{unavailable}) and passed on.
+    """
+    probed = defer.maybeDeferred(connect, reactor, upstream, hostname, Probe, "")
+
+    def failed(failure):
+        unavailable(failure, upstream)
+        return failure
+
+    return probed.addErrback(failed)
+
+
+def deliver(reactor, upstream, hostname, sender, recipients, data, mail_parameters=(),
+            rcpt_parameters=None, learn=None):
     """
     Send one message to the upstream and say what to answer the client.
 
@@ -233,14 +292,18 @@ def deliver(reactor, upstream, hostname, sender, recipients, data, body=None):
     @param recipients: the envelope recipients, in order.
     @param data: a binary file positioned at the message's start, in wire
         form (see the module docstring); only C{read(n)} is used.
-    @param body: the client's C{BODY=} value, or L{None}.
+    @param mail_parameters: the client's MAIL L{smtpproxy.parameters.Parameter}s.
+    @param rcpt_parameters: for each recipient, its RCPT parameters.
+    @param learn: called with the upstream's L{Capabilities} once the
+        connection is ready for MAIL FROM.
 
     @return: a Deferred that fires, exactly once and never with a failure,
         with the client's L{replies.Reply}.
     """
     outcome = defer.maybeDeferred(
         connect, reactor, upstream, hostname, RelaySender, sender,
-        recipients=recipients, data=data, body=_encoded(body),
+        recipients=recipients, data=data, mail_parameters=mail_parameters,
+        rcpt_parameters=rcpt_parameters or [()] * len(recipients), learn=learn,
     )
     return outcome.addCallback(_reply).addErrback(unavailable, upstream)
 

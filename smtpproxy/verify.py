@@ -44,6 +44,7 @@ from twisted.internet import defer
 from twisted.mail import smtp
 
 from smtpproxy import replies, upstream
+from smtpproxy.parameters import for_upstream
 
 CACHE_SIZE = 10000
 """Verdicts a L{VerdictCache} keeps at most; beyond that the oldest goes."""
@@ -89,22 +90,27 @@ class RecipientCheck:
         up quits instead of sending MAIL FROM.
     """
 
-    def __init__(self, services, sender):
+    def __init__(self, services, sender, mail_parameters=()):
         """
         @param services: the factory: C{reactor}, C{config} (upstream and
-            hostname) and C{verdicts}, the shared L{VerdictCache}.
+            hostname), C{verdicts}, the shared L{VerdictCache}, and
+            C{capabilities}, which learns what the upstream offers.
         @param sender: the client's envelope sender (C{""} for C{<>}).
+        @param mail_parameters: the client's MAIL parameters, sent along
+            where the upstream offers them, as for the delivery.
         """
         self._services = services
         self._sender = sender
+        self._mail_parameters = mail_parameters
         self._recipient = None
+        self._parameters = ()
         self._asked = None
         self._client = None
         self._connected = False  # a connection is open, or being opened
         self._verdict = None  # the answer to every later question, once there is one
         self.closed = False
 
-    def ask(self, recipient):
+    def ask(self, recipient, parameters=()):
         """
         A Deferred firing with the client's reply to C{RCPT TO:<recipient>}:
         L{replies.RECIPIENT_OK}, the upstream's refusal, or
@@ -117,9 +123,10 @@ class RecipientCheck:
         if self._verdict is not None:
             return defer.succeed(self._verdict)
         self._recipient = recipient
+        self._parameters = parameters
         self._asked = defer.Deferred(lambda _: self._forget())
         if self._client is not None:
-            self._client.ask(recipient)
+            self._client.ask(recipient, parameters)
         elif not self._connected:
             self._connect()
         return self._asked
@@ -137,6 +144,7 @@ class RecipientCheck:
         ended = upstream.connect(
             services.reactor, services.config.upstream, services.config.hostname,
             CheckingClient, self._sender, check=self,
+            mail_parameters=self._mail_parameters, learn=services.capabilities.learn,
         )
         ended.addErrback(self._ended)
 
@@ -146,7 +154,7 @@ class RecipientCheck:
         if self.closed:
             client.quit()
         elif self._asked is not None:
-            client.ask(self._recipient)
+            client.ask(self._recipient, self._parameters)
 
     def answered(self, code, resp):
         """
@@ -192,14 +200,15 @@ class CheckingClient(upstream.UpstreamClient):
     runs while the connection waits for the next question.
     """
 
-    def smtpState_from(self, code, resp):
+    def ready(self):
         if self.factory.check.closed:
             self.quit()
             return
         self._expected = smtp.SUCCESS
         self._okresponse = self._mailAccepted
         self._failresponse = self._mailRefused
-        self.sendLine(b"MAIL FROM:<" + self.factory.fromEmail + b">")
+        mail, _ = for_upstream(self.factory.mail_parameters, self.capabilities.keywords)
+        self.sendLine(b"MAIL FROM:<" + self.factory.fromEmail + b">" + mail.encode("ascii"))
 
     def _mailAccepted(self, code, resp):
         self.setTimeout(None)
@@ -210,12 +219,13 @@ class CheckingClient(upstream.UpstreamClient):
             self.factory.check.sender_refused(code, resp)
             self.quit()
 
-    def ask(self, recipient):
+    def ask(self, recipient, parameters):
         self.setTimeout(self.timeout)
         self._expected = smtp.SUCCESS
         self._okresponse = self._answered
         self._failresponse = self._rcptRefused
-        self.sendLine(b"RCPT TO:<" + recipient.encode("utf-8") + b">")
+        suffix, _ = for_upstream(parameters, self.capabilities.keywords)
+        self.sendLine(b"RCPT TO:<" + recipient.encode("utf-8") + b">" + suffix.encode("ascii"))
 
     def _answered(self, code, resp):
         self.setTimeout(None)

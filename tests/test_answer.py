@@ -49,9 +49,13 @@ class BuildRequestTests(SynchronousTestCase):
                 "headers": headers,
                 "client_address": "192.0.2.1",
                 "helo": "client.example",
+                "mailParameters": [],
+                "rcptParameters": [{"address": "x@y.z", "parameters": []},
+                                   {"address": "v@w.x", "parameters": []}],
             },
         )
-        keys = ["username", "password", "from", "to", "headers", "client_address", "helo"]
+        keys = ["username", "password", "from", "to", "headers", "client_address", "helo",
+                "mailParameters", "rcptParameters"]
         self.assertEqual(list(request), keys)
 
 

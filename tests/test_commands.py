@@ -3,6 +3,8 @@ Tests for L{smtpproxy.commands}: command lines, MAIL and RCPT arguments,
 and the address grammar they share with L{valid_mailbox}.
 """
 
+import unicodedata
+
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
@@ -33,6 +35,8 @@ GOOD_ADDRESSES = [
     '"back\\\\slash"@example.com',
     '"a@b"@example.com',
     '""@example.com',
+    '"john doe"@example.com',
+    '"john\\ doe"@example.com',
     "user@[192.0.2.1]",
     "user@[IPv6:2001:db8::1]",
     "user@[ipv6:::ffff:192.0.2.1]",
@@ -53,13 +57,9 @@ BAD_ADDRESSES = [
     "us>er@example.com",
     "us<er@example.com",
     '"a>b"@example.com',
-    '"john doe"@example.com',
-    '"john\\ doe"@example.com',
     '"a\\<b"@example.com',
     '"a\rb"@example.com',
     '"unterminated@example.com',
-    "us\xe9r@example.com",
-    "user@ex\xe4mple.com",
     ".user@example.com",
     "user.@example.com",
     "us..er@example.com",
@@ -89,7 +89,7 @@ def mail(text):
 
 
 def rcpt(text):
-    return parse_rcpt(text.encode("latin-1"))
+    return parse_rcpt(text.encode("latin-1")).address
 
 
 class RefusalMixin:
@@ -134,10 +134,10 @@ class ParseCommandTests(SynchronousTestCase):
 
 class ParseMailTests(RefusalMixin, SynchronousTestCase):
     def test_address(self):
-        self.assertEqual(mail("FROM:<user@example.com>"), MailFrom("user@example.com", None, None))
+        self.assertEqual(mail("FROM:<user@example.com>"), MailFrom("user@example.com"))
 
     def test_nullSender(self):
-        self.assertEqual(mail("FROM:<>"), MailFrom("", None, None))
+        self.assertEqual(mail("FROM:<>"), MailFrom(""))
 
     def test_keywordCaseInsensitive(self):
         self.assertEqual(mail("from:<a@example.com>").address, "a@example.com")
@@ -189,7 +189,7 @@ class ParseMailTests(RefusalMixin, SynchronousTestCase):
         self.assertRefused(mail, "FROM:<postmaster>", BAD_ADDRESS)
 
     def test_size(self):
-        self.assertEqual(mail("FROM:<a@example.com> SIZE=1000"), MailFrom("a@example.com", 1000, None))
+        self.assertEqual(mail("FROM:<a@example.com> SIZE=1000").size, 1000)
         self.assertEqual(mail("FROM:<> size=0").size, 0)
 
     def test_sizeNotCheckedAgainstALimit(self):
@@ -200,10 +200,9 @@ class ParseMailTests(RefusalMixin, SynchronousTestCase):
         self.assertEqual(mail("FROM:<a@example.com> body=7bit").body, "7BIT")
 
     def test_both(self):
-        self.assertEqual(
-            mail("FROM:<a@example.com>  BODY=8bitmime   SIZE=12 "),
-            MailFrom("a@example.com", 12, "8BITMIME"),
-        )
+        parsed = mail("FROM:<a@example.com>  BODY=8bitmime   SIZE=12 ")
+        self.assertEqual((parsed.address, parsed.size, parsed.body), ("a@example.com", 12, "8BITMIME"))
+        self.assertEqual([p.text for p in parsed.parameters], ["BODY=8bitmime", "SIZE=12"])
 
     def test_malformedParameter(self):
         for parameters in [
@@ -234,7 +233,7 @@ class ParseMailTests(RefusalMixin, SynchronousTestCase):
             self.assertRefused(mail, f"FROM:<a@example.com> {parameters}", SYNTAX)
 
     def test_unknownParameter(self):
-        for parameters in ["SMTPUTF8", "AUTH=<>", "RET=HDRS", "ENVID=x", "SIZE=1 X-FOO", "FOO=BAR BODY=8BITMIME"]:
+        for parameters in ["SMTPUTF8", "RET=HDRS", "ENVID=x", "SIZE=1 X-FOO", "FOO=BAR BODY=8BITMIME"]:
             self.assertRefused(mail, f"FROM:<a@example.com> {parameters}", UNKNOWN_PARAMETER)
 
     def test_addressCheckedBeforeParameters(self):
@@ -279,8 +278,11 @@ class ParseRcptTests(RefusalMixin, SynchronousTestCase):
             self.assertRefused(rcpt, argument, SYNTAX)
 
     def test_parameters(self):
-        for parameters in ["NOTIFY=NEVER", "SIZE=1", "ORCPT=rfc822;a@example.com", "=", "\xe9"]:
+        """Without DSN offered, RCPT takes no parameter."""
+        for parameters in ["NOTIFY=NEVER", "SIZE=1", "ORCPT=rfc822;a@example.com"]:
             self.assertRefused(rcpt, f"TO:<a@example.com> {parameters}", UNKNOWN_PARAMETER)
+        for parameters in ["=", "\xe9"]:
+            self.assertRefused(rcpt, f"TO:<a@example.com> {parameters}", SYNTAX)
 
     def test_trailingSpaces(self):
         self.assertEqual(rcpt("TO:<a@example.com>   "), "a@example.com")
@@ -349,21 +351,28 @@ class PropertyTests(SynchronousTestCase):
             except CommandError:
                 pass
 
-    @given(st.one_of(_addresses, st.text()))
-    def test_validMailboxIsSafe(self, address):
-        """Whatever valid_mailbox accepts cannot break out of an SMTP command."""
-        if valid_mailbox(address):
-            self.assertFalse(set(address) & set("\r\n \x00<>"), address)
-            self.assertTrue(address.isascii() and address.isprintable(), address)
+    @given(st.one_of(_addresses, st.text()), st.booleans())
+    def test_validMailboxIsSafe(self, address, utf8):
+        """
+        Whatever valid_mailbox accepts cannot break out of an SMTP command:
+        a space only inside a quoted local part, no line break, NUL, other
+        control character or angle bracket, ASCII unless UTF-8 is allowed.
+        """
+        if valid_mailbox(address, utf8):
+            self.assertFalse(set(address) & set("\r\n\x00<>"), address)
+            self.assertFalse(any(unicodedata.category(c) == "Cc" for c in address), address)
+            self.assertTrue(utf8 or address.isascii(), address)
+            if " " in address:
+                self.assertTrue(address.startswith('"'), address)
 
     @given(_addresses)
     def test_sameGrammarEverywhere(self, address):
-        """valid_mailbox accepts exactly the space-free addresses MAIL and RCPT accept."""
+        """valid_mailbox accepts exactly the addresses MAIL and RCPT accept."""
         data = address.encode("latin-1", errors="replace")
         try:
-            parsed = parse_rcpt(b"TO:<" + data + b">")
+            parsed = parse_rcpt(b"TO:<" + data + b">").address
         except CommandError:
             parsed = None
-        self.assertEqual(valid_mailbox(address), parsed == address and " " not in address)
+        self.assertEqual(valid_mailbox(address), parsed == address)
         if parsed is not None:
             self.assertEqual(parse_mail(b"FROM:<" + data + b">").address, parsed)

@@ -41,6 +41,9 @@ class DeliveryTests(EndToEndTestCase):
                         {"name": "To", "value": "bob@example.net"},
                         {"name": "Subject", "value": "hi"}],
             "client_address": "127.0.0.1", "helo": "client.example",
+            "mailParameters": [],
+            "rcptParameters": [{"address": "bob@example.net", "parameters": []},
+                               {"address": "carol@example.org", "parameters": []}],
         })
         (message,) = self.upstream.messages
         self.assertEqual(message.sender, "alice@example.com")

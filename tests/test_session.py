@@ -61,12 +61,12 @@ class RecordingFactory(ProxyFactory):
     def __init__(self, config, reactor, policy):
         super().__init__(config, reactor, policy)
         self.deliveries = []
-        self.bodies = []
+        self.mail_parameters = []
         self.outcome = QUEUED
 
-    def deliver(self, sender, recipients, data, body=None):
+    def deliver(self, sender, recipients, data, mail_parameters=(), rcpt_parameters=None):
         self.deliveries.append((sender, list(recipients), data.read()))
-        self.bodies.append(body)
+        self.mail_parameters.append(tuple(p.text for p in mail_parameters))
         return self.outcome if isinstance(self.outcome, Deferred) else succeed(self.outcome)
 
 
@@ -291,11 +291,11 @@ class MessageTests(SessionTestCase):
         self.assertEqual(self.factory.deliveries, [])
 
     def test_body_parameter_goes_upstream(self):
-        """RFC 6152: an 8-bit message stays marked as one."""
+        """RFC 6152: an 8-bit message stays marked as one, as the client wrote it."""
         self.login()
         self.send(b"MAIL FROM:<a@b.c> BODY=8bitmime\r\nRCPT TO:<d@e.f>\r\nDATA\r\nSubject: x\r\n\r\n\xe9\r\n.\r\n")
         self.send(b"MAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nDATA\r\nSubject: y\r\n\r\nb\r\n.\r\n")
-        self.assertEqual(self.factory.bodies, ["8BITMIME", None])
+        self.assertEqual(self.factory.mail_parameters, [("BODY=8bitmime",), ()])
 
     def test_api_sender_replaces_envelope_sender(self):
         self.policy.answer = Decision(reply=None, headers=(), sender="bounce@example.com")

@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 from zope.interface import implementer
 
+from smtpproxy.parameters import Offer, parse_mail_parameters
 from smtpproxy import replies, upstream
 from smtpproxy.config import Upstream
 from tests.support.certs import make_certificates, server_options, trust_root
@@ -45,13 +46,14 @@ class Conversation:
 
     def __init__(
         self, sender="", recipients=("rcpt@example.com",), data=b"Subject: hi\r\n\r\n",
-        config=UPSTREAM, body=None,
+        config=UPSTREAM, mail_parameters="",
     ):
         self.reactor = MemoryReactorClock()
         self.results = []
         with capturedLogs() as self.logged:
             upstream.deliver(
-                self.reactor, config, "proxy.example", sender, recipients, BytesIO(data), body
+                self.reactor, config, "proxy.example", sender, recipients, BytesIO(data),
+                parse_mail_parameters(mail_parameters, Offer(dsn=True, smtputf8=True)),
             ).addCallback(self.results.append)
         self.connects = []
         self.connector = self.reactor.connectors[0]
@@ -192,7 +194,7 @@ class InMemoryTests(unittest.TestCase):
 
     def mailFromAnswering(self, ehloReply):
         """The MAIL FROM sent for an 8-bit message after C{ehloReply}'s last line."""
-        c = Conversation(sender="a@b.example", body="8BITMIME")
+        c = Conversation(sender="a@b.example", mail_parameters="BODY=8BITMIME")
         c.connect()
         c.reply(b"220 upstream.example ESMTP")
         return c.reply(b"250-upstream.example", ehloReply)

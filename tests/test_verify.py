@@ -13,6 +13,7 @@ from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import TestCase
 
 from smtpproxy import Upstream, replies
+from smtpproxy.capabilities import UpstreamCapabilities
 from smtpproxy.verify import RecipientCheck, VerdictCache
 from tests.support.certs import make_certificates, server_options, trust_root
 from tests.support.client import data_block
@@ -278,7 +279,7 @@ class CheckingConnectionTests(TestCase):
                           trust_root=trust_root(self.certs), **settings)
         services = SimpleNamespace(
             reactor=reactor, config=SimpleNamespace(upstream=config, hostname="proxy.test"),
-            verdicts=VerdictCache(reactor, 0))
+            verdicts=VerdictCache(reactor, 0), capabilities=UpstreamCapabilities(reactor, None))
         return fake, RecipientCheck(services, "alice@example.com")
 
     @defer.inlineCallbacks
@@ -315,7 +316,7 @@ class CheckingConnectionTests(TestCase):
             yield stalled
             reply = yield asked
         self.assertEqual(reply, replies.UPSTREAM_UNAVAILABLE)
-        self.assertIn("Timeout", formatEvent(logged[0]))
+        self.assertIn("Timeout", formatEvent(logged[-1]))
         again = yield check.ask("dave@example.net")
         self.assertEqual(again, replies.UPSTREAM_UNAVAILABLE)
         self.assertEqual(fake.connections, 1)

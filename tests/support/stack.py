@@ -41,10 +41,15 @@ class Stack:
     """
 
     def __init__(self, reactor, directory, limits=Limits(), api_timeout=5, upstream_timeout=5,
-                 login_check=False, policy=None, **config):
+                 login_check=False, policy=None, upstream_offers=None, **config):
         """
         @param policy: a L{Policy} to use instead of one naming the fake APIs
             (for a real API such as the reference one).
+        @param upstream_offers: EHLO keywords the upstream offers besides its
+            own (C{"DSN"}, C{"SMTPUTF8"}, C{"SIZE 1000"}); with it the proxy
+            probes the upstream at start (L{ready} waits for that), without
+            it there is no probe, so the upstream sees only the test's
+            conversations.
         @param config: further L{ProxyConfig} fields, such as C{verify_recipients=True}.
         """
         os.makedirs(directory)
@@ -53,7 +58,7 @@ class Stack:
         self.client_tls = client_options(certs)
         self.api = start_api(reactor, allow)
         self.auth_api = start_api(reactor, allow_login) if login_check else None
-        self.upstream = start_upstream(reactor)
+        self.upstream = start_upstream(reactor, offers=upstream_offers or ())
         auth_url = None if self.auth_api is None else self.auth_api.url
         self.config = ProxyConfig(
             policy=policy or Policy(url=self.api.url, timeout=api_timeout, auth_url=auth_url),
@@ -61,11 +66,16 @@ class Stack:
             tls=server_options(certs),
             hostname="proxy.test",
             limits=limits,
+            probe_upstream=upstream_offers is not None,
             **config,
         )
         self.factory = build_factory(self.config, reactor)
         self._proxy = listen_loopback(reactor, self.factory)
         self.port = self._proxy.port
+
+    def ready(self):
+        """A Deferred firing once the proxy knows what the upstream offers."""
+        return self.factory.capabilities.known()
 
     def send(self, message, recipients=("bob@example.net",), sender="alice@example.com"):
         """Submit C{message} like a mail client; the reply to the final dot."""

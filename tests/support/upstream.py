@@ -80,6 +80,7 @@ def start_upstream(
     implicit_tls=False,
     logins=None,
     hostname="upstream.test",
+    offers=(),
 ):
     """
     Listen on 127.0.0.1 and return a L{FakeUpstream}.
@@ -92,10 +93,16 @@ def start_upstream(
     @param tls: server C{CertificateOptions}: offer STARTTLS.
     @param implicit_tls: with C{tls}, speak TLS from the first byte (port 465 style) instead.
     @param logins: username -> password: offer AUTH PLAIN/LOGIN and require it before MAIL.
+    @param offers: further EHLO keywords, with their value after a space
+        (C{("DSN", "SMTPUTF8", "SIZE 200000")}); also settable later.  The
+        parameters they stand for are taken (and recorded in L{commands}),
+        not acted on.
     """
-    return FakeUpstream(
+    upstream = FakeUpstream(
         reactor, rcpt_refusals, data_reply, drop_after_data, tls, implicit_tls, logins, hostname
     )
+    upstream.offers = tuple(offers)
+    return upstream
 
 
 class FakeUpstream:
@@ -108,6 +115,7 @@ class FakeUpstream:
         carried: C{[[b"EHLO proxy.test", b"MAIL FROM:<a@b.example>", ...], ...]}.
     @ivar rcpt_refusals, data_reply, drop_after_data: the script; may change between messages.
     @ivar sender_refusals: address -> (code, text) for MAIL FROM, like C{rcpt_refusals}.
+    @ivar offers: further EHLO keywords (see L{start_upstream}).
     @ivar scripts: first recipient -> L{Script}: that message's own script instead of
         C{data_reply}, C{drop_after_data} and L{stall}, so concurrent messages can each meet
         a different fault.  Its stall applies from the recipients on, at C{"DATA"} or
@@ -122,6 +130,7 @@ class FakeUpstream:
     ):
         self.messages = []
         self.commands = []
+        self.offers = ()
         self.rcpt_refusals = dict(rcpt_refusals or {})
         self.sender_refusals = {}
         self.data_reply = data_reply
@@ -243,6 +252,13 @@ class _Session(smtp.ESMTP):
 
     def greeting(self):
         return self.host + b" ESMTP fake upstream"
+
+    def extensions(self):
+        ext = super().extensions()
+        for offer in self._upstream.offers:
+            keyword, _, value = offer.partition(" ")
+            ext[keyword.encode()] = [value.encode()] if value else None
+        return ext
 
     def connectionMade(self):
         if self._upstream._stalls_at(GREETING, None):
