@@ -230,6 +230,15 @@ class FakeUpstream:
         return message
 
 
+def _ascii_shadow(line):
+    """
+    Twisted's address parser takes ASCII only: a command with UTF-8 (an
+    SMTPUTF8 address) goes on with C{?} for each non-ASCII byte, which is
+    atext; L{FakeUpstream.commands} keeps the line as received.
+    """
+    return line if line.isascii() else bytes(b if b < 128 else 63 for b in line)
+
+
 class _Session(smtp.ESMTP):
     timeout = None  # no idle timer, so nothing is left scheduled
     noisy = False
@@ -280,6 +289,7 @@ class _Session(smtp.ESMTP):
         else:
             if self.mode == smtp.COMMAND:
                 self._commands.append(line)
+                line = _ascii_shadow(line)
             super().lineReceived(line)
 
     def _step(self, line):
