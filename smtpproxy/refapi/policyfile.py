@@ -150,18 +150,21 @@ def _account(name, settings, where):
 
 
 def _sender(entry, where):
-    """An address, C{@domain} or C{<>}, normalised; the domain checked as the proxy would."""
+    """
+    An address, C{@domain} or C{<>}, normalised; the domain checked as the
+    proxy would, UTF-8 included (SMTPUTF8 senders).
+    """
     if entry == NULL_SENDER:
         return ""
-    if entry.startswith("@") and valid_mailbox("postmaster" + entry):
+    if entry.startswith("@") and valid_mailbox("postmaster" + entry, utf8=True):
         return entry.lower()
-    if valid_mailbox(entry):
+    if valid_mailbox(entry, utf8=True):
         return normal_address(entry)
     raise PolicyFileError(f'{where} senders: {entry!r} is not an address, "@domain" or "<>"')
 
 
 def _domain(entry, where):
-    if entry == ANY_DOMAIN or valid_mailbox("postmaster@" + entry):
+    if entry == ANY_DOMAIN or valid_mailbox("postmaster@" + entry, utf8=True):
         return entry.lower()
     raise PolicyFileError(f'{where} recipient_domains: {entry!r} is not a domain or "*"')
 
