@@ -1,13 +1,13 @@
 """
-Pure: the policy API's request object (SPEC section 3) and the validation of
-its answer (SPEC section 4).
+Pure: the policy API's request object (docs/protocol.rst section 3) and the validation of
+its answer (docs/protocol.rst section 4).
 
 The API is trusted to decide, not to be well-formed.  Whatever in its answer
-is not exactly what SPEC section 4 allows makes the proxy answer 451 4.3.0,
+is not exactly what docs/protocol.rst section 4 allows makes the proxy answer 451 4.3.0,
 so a buggy API can delay mail but can never put bytes into the relayed
 header block or the SMTP dialogue, nor dress a refusal up as a success.
 
-Two choices SPEC leaves open are made here, both in the safe direction:
+Two choices the protocol (docs/protocol.rst) leaves open are made here, both in the safe direction:
 
   - Every known key is checked whatever C{allow} says: a malformed
     C{headers} in a refusal is as much a broken API as in an allow.
@@ -42,7 +42,7 @@ def build_request(
     rcpt_parameters: Sequence = (),
 ) -> dict:
     """
-    The JSON object of SPEC section 3.
+    The JSON object of docs/protocol.rst section 3.
 
     @param login: the client's L{smtpproxy.auth.Login}.
     @param sender: the MAIL FROM address without brackets, C{""} for C{<>}.

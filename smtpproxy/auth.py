@@ -25,7 +25,7 @@ from attrs import field, frozen
 
 from smtpproxy import replies
 
-_MAX_USERNAME = 256  # bytes, SPEC section 1
+_MAX_USERNAME = 256  # bytes, docs/protocol.rst section 1
 _USERNAME_PROMPT = base64.b64encode(b"Username:")
 _PASSWORD_PROMPT = base64.b64encode(b"Password:")
 
@@ -38,7 +38,7 @@ class AuthError(replies.Refusal):
 class Login:
     """
     Credentials as the client sent them, decoded as UTF-8 with invalid
-    bytes replaced (SPEC section 3).  The password is kept out of C{repr}
+    bytes replaced (docs/protocol.rst section 3).  The password is kept out of C{repr}
     so that no log line or traceback can show it.
     """
 
@@ -70,7 +70,7 @@ class PlainExchange:
         fields = _decode(line).split(b"\0")
         if len(fields) != 3:
             raise AuthError(replies.BAD_PLAIN)
-        _authzid, username, password = fields  # authzid ignored: SPEC section 1
+        _authzid, username, password = fields  # authzid ignored: docs/protocol.rst section 1
         return Done(Login(_username(username), _text(password)))
 
 
@@ -146,5 +146,5 @@ def _username(data):
 
 
 def _text(data):
-    """Decoded for the JSON API request; invalid UTF-8 becomes U+FFFD (SPEC section 3)."""
+    """Decoded for the JSON API request; invalid UTF-8 becomes U+FFFD (docs/protocol.rst section 3)."""
     return data.decode("utf-8", errors="replace")

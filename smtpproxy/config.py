@@ -3,7 +3,7 @@ The proxy's configuration as immutable value objects.
 
 The twistd plugin builds these from command-line options (L{smtpproxy.tap});
 an application that embeds the proxy builds them directly.  Defaults are
-the ones SPEC section 7 names.
+the ones docs/protocol.rst section 7 names.
 """
 
 import ipaddress

@@ -2,7 +2,7 @@
 Pure: cut the client's byte stream into command lines and message data.
 
 Twisted's line receiver is not used for the client side because it fights
-SMTP's rules in three ways (TWISTED-NOTES fights C, E, F):
+SMTP's rules in three ways (docs/twisted.rst fights C, E, F):
 
  - it keeps executing lines that were pipelined behind STARTTLS;
  - an overlong line in DATA drops the session back into command mode, so
@@ -93,7 +93,7 @@ class Framer:
     The client's input, one command line or one piece of data at a time.
 
     @param max_line_length: the longest command line accepted, its line end
-        excluded (SPEC: 2048).  A longer line is reported once as
+        excluded (docs/protocol.rst: 2048).  A longer line is reported once as
         L{TOO_LONG} and then skipped up to its line end without being
         buffered.
     @param normalize_lf: take a bare LF as a line end (the C{normalize}

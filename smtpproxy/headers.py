@@ -36,7 +36,7 @@ def _stuffed(line):
 
 
 class HeaderTooLarge(Exception):
-    """The header block is over C{--max_header_size} (SPEC section 2)."""
+    """The header block is over C{--max_header_size} (docs/protocol.rst section 2)."""
 
 
 @frozen
@@ -52,7 +52,7 @@ class Field:
     @property
     def value(self):
         """
-        The value as SPEC section 3 gives it to the API: unfolded, without
+        The value as docs/protocol.rst section 3 gives it to the API: unfolded, without
         leading white space or the final CRLF.
         """
         value = _unstuffed(self.raw).partition(b":")[2].removesuffix(b"\r\n")
@@ -75,7 +75,7 @@ class HeaderBlock:
 
     def for_api(self):
         """
-        The C{headers} list of the policy API request (SPEC section 3).
+        The C{headers} list of the policy API request (docs/protocol.rst section 3).
         Invalid UTF-8 becomes U+FFFD here only; the relayed bytes keep it.
         """
         return [
@@ -87,7 +87,7 @@ class HeaderBlock:
     def rewrite(self, changes):
         """
         The block to relay, in wire form, after the API's C{changes}, a
-        sequence of C{(name, value or None)} (SPEC section 4): every field
+        sequence of C{(name, value or None)} (docs/protocol.rst section 4): every field
         named in C{changes} (ASCII case-insensitively) is removed, then each
         entry with a value is appended in order. Appending after removing
         means two entries with one name both appear.
@@ -113,7 +113,7 @@ class HeaderReader:
     Finds the header block at the start of wire-form message data fed in
     chunks of any size.
 
-    SPEC section 2: the block ends at the first empty line or the first line
+    docs/protocol.rst section 2: the block ends at the first empty line or the first line
     that is neither a field nor a continuation of one, and that line is the
     start of the rest of the message. A line's kind is known from its first
     bytes (up to the colon), so the block can end before the line does, and

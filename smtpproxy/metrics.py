@@ -1,5 +1,5 @@
 """
-Prometheus metrics (SPEC section 6, C{--metrics=ADDR}).
+Prometheus metrics (docs/protocol.rst section 6, C{--metrics=ADDR}).
 
 One L{Metrics} per proxy, on its own registry rather than
 C{prometheus_client}'s global one, so that tests and applications that

@@ -1,5 +1,5 @@
 """
-The policy API client: one POST per message (SPEC section 3), the answer
+The policy API client: one POST per message (docs/protocol.rst section 3), the answer
 judged by L{smtpproxy.answer}, and, with C{--auth_api}, one POST per login,
 judged by L{smtpproxy.login}.
 

@@ -2,7 +2,7 @@
 Pure: the SMTP replies the proxy sends, and the rules for building them.
 
 Every reply but the greeting and EHLO/HELO carries an RFC 3463 enhanced
-status code (SPEC section 1), so replies are built here, in one place,
+status code (docs/protocol.rst section 1), so replies are built here, in one place,
 instead of as literals scattered over the protocol code.
 """
 
@@ -59,7 +59,7 @@ def relayed(code, enhanced, text):
     return Reply(code, text)
 
 
-# Session replies (SPEC section 1).
+# Session replies (docs/protocol.rst section 1).
 SERVICE_READY_TLS = Reply(220, "2.0.0 Ready to start TLS")
 AUTH_OK = Reply(235, "2.7.0 Authentication successful")
 AUTH_INVALID = Reply(535, "5.7.8 Authentication credentials invalid")
@@ -106,7 +106,7 @@ EMPTY_USERNAME = Reply(501, "5.5.2 Empty username")
 USERNAME_TOO_LONG = Reply(501, "5.5.2 Username longer than 256 bytes")
 NUL_IN_USERNAME = Reply(501, "5.5.2 NUL in username")
 
-# Message replies (SPEC sections 2, 4 and 5).
+# Message replies (docs/protocol.rst sections 2, 4 and 5).
 BARE_LINE_END = Reply(550, "5.6.0 Message contains bare CR or LF")
 MESSAGE_TOO_BIG = Reply(552, "5.3.4 Message too big")
 HEADER_TOO_BIG = Reply(552, "5.3.4 Header block too big")

@@ -4,7 +4,7 @@ The client side: one L{ProxySession} per connection.
 It is Twisted's L{smtp.ESMTP} with the command loop replaced, because the
 stock one executes plaintext pipelined behind STARTTLS, offers AUTH without
 TLS, falls out of DATA on a long line and forces the final reply to 250 or
-550 (TWISTED-NOTES fights A, C, E, F).  What is kept from Twisted: the
+550 (docs/twisted.rst fights A, C, E, F).  What is kept from Twisted: the
 greeting, the TLS context and STARTTLS capability check, the EHLO extension
 listing, reply formatting and the idle timer.
 
@@ -266,7 +266,7 @@ class ProxySession(smtp.ESMTP):
         """The connection is gone; L{connectionLost} cleans up."""
         self._producing = False
 
-    # Commands (SPEC section 1).
+    # Commands (docs/protocol.rst section 1).
 
     def smtp_EHLO(self, argument):
         if self._greet(argument):
@@ -524,7 +524,7 @@ class ProxySession(smtp.ESMTP):
 
     def shut_down(self):
         """
-        The proxy is stopping (SPEC section 6: transactions in flight are
+        The proxy is stopping (docs/protocol.rst section 6: transactions in flight are
         finished).  A client in the middle of DATA may send the rest, and
         it and a client waiting for its message's outcome get that outcome
         first (L{_resume} comes back here); the drain timeout cuts
@@ -623,5 +623,5 @@ def _loggable(data):
 
 
 def _text(data):
-    """Bytes from the wire as text for logs and the API (SPEC section 3)."""
+    """Bytes from the wire as text for logs and the API (docs/protocol.rst section 3)."""
     return data.decode("utf-8", "replace") if isinstance(data, bytes) else data

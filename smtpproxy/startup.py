@@ -20,7 +20,7 @@ from twisted.python.failure import Failure
 
 
 def fail(message):
-    """One clear line on stderr and a non-zero exit (SPEC section 6)."""
+    """One clear line on stderr and a non-zero exit (docs/protocol.rst section 6)."""
     sys.stderr.write(f"smtpproxy: {message}\n")
     raise SystemExit(2)
 

@@ -1,7 +1,7 @@
 """
 The twistd plugin's options and service: C{twistd -n smtpproxy --listen ...}.
 
-L{Options} keeps the original Perl proxy's option names (SPEC section 7);
+L{Options} keeps the original Perl proxy's option names (docs/protocol.rst section 7);
 L{makeService} turns them into a L{ProxyConfig}, reads every file (TLS
 certificate and key, upstream CA and password, logs) before twistd drops
 privileges, and listens on every C{--listen} endpoint with the factory from
@@ -298,7 +298,7 @@ def config_from(options):
 class ProxyService(MultiService):
     """
     The listeners, plus what twistd must learn from the plugin: where to
-    log and which user to become (TWISTED-NOTES fight I), and the signals
+    log and which user to become (docs/twisted.rst fight I), and the signals
     an operator sends: SIGTERM drains, SIGHUP reloads the certificate,
     SIGUSR1 reopens the log files (after logrotate moved them).
 

@@ -64,7 +64,7 @@ class Transaction:
         self._check = None
 
     def receivedHeader(self, helo, origin, recipients):
-        """The proxy adds no trace header: the upstream does (SPEC section 4)."""
+        """The proxy adds no trace header: the upstream does (docs/protocol.rst section 4)."""
         return None
 
     def validateFrom(self, helo, origin):
@@ -77,7 +77,7 @@ class Transaction:
         return self.begin
 
     def begin(self):
-        """The one L{Message} for all recipients (TWISTED-NOTES fight B)."""
+        """The one L{Message} for all recipients (docs/twisted.rst fight B)."""
         return Message(self)
 
     @property

@@ -1,11 +1,11 @@
 """
 Deliver one allowed message to the upstream SMTP server and turn what
-happened into the client's final reply (SPEC section 5).
+happened into the client's final reply (docs/protocol.rst section 5).
 
 Twisted's L{smtp.ESMTPSenderFactory} does the connection, EHLO (with HELO
 fallback), STARTTLS, AUTH and the reply parsing; L{UpstreamClient} fixes the
 connection steps whose stock behaviour is wrong for a proxy, and
-L{RelaySender} the steps of a delivery (TWISTED-NOTES section 5).
+L{RelaySender} the steps of a delivery (docs/twisted.rst section 5).
 L{connect} and L{UpstreamClient} also serve the recipient checks of
 L{smtpproxy.verify}, so both talk to the upstream the same way.
 TLS is all or nothing too: in a TLS mode the message goes only over a
@@ -176,7 +176,7 @@ class RelaySender(UpstreamClient):
     def smtpState_toOrData(self, code, resp):
         """
         Send every RCPT, then DATA only if the upstream accepted them all
-        (SPEC section 5).  The stock code sends DATA when any recipient
+        (docs/protocol.rst section 5).  The stock code sends DATA when any recipient
         was accepted and reports the refusals as success.
 
         Recipients are written as given, for the reason in
@@ -372,7 +372,7 @@ def _encoded(text):
 
 
 def _reply(outcome):
-    """The client's reply for the upstream's deciding reply (SPEC section 5)."""
+    """The client's reply for the upstream's deciding reply (docs/protocol.rst section 5)."""
     code, resp = outcome
     if code in smtp.SUCCESS:
         return replies.relayed(250, "2.0.0", resp.decode("utf-8", "replace"))

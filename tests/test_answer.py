@@ -34,7 +34,7 @@ def changing(name, value):
 
 class BuildRequestTests(SynchronousTestCase):
     def test_fields(self):
-        """The request has exactly the keys of SPEC section 3, in order, recipients as a list."""
+        """The request has exactly the keys of docs/protocol.rst section 3, in order, recipients as a list."""
         headers = [{"name": "Subject", "value": "hé"}]
         request = build_request(
             Login("ann", "secret"), "", ("x@y.z", "v@w.x"), headers, "192.0.2.1", "client.example"
@@ -152,7 +152,7 @@ class RefuseTests(SynchronousTestCase):
 
 
 class UnavailableTests(SynchronousTestCase):
-    """Everything SPEC section 4 does not allow is 451 4.3.0, with a cause for the log."""
+    """Everything docs/protocol.rst section 4 does not allow is 451 4.3.0, with a cause for the log."""
 
     def assertUnavailable(self, decision, cause):
         self.assertFalse(decision.allowed)

@@ -51,7 +51,7 @@ class SessionDrainTests(SessionTestCase):
         self.successResultOf(drained)
 
     def test_mid_data_session_finishes_its_message_then_421(self):
-        """SPEC section 6: a transaction in flight is finished, not cut."""
+        """docs/protocol.rst section 6: a transaction in flight is finished, not cut."""
         self.envelope()
         self.send(b"DATA\r\nSubject: half\r\n\r\nsome of the bo")
         self.transport.clear()

@@ -1,7 +1,7 @@
 """
 End to end over loopback: a real client with real TLS, the real proxy, a
 real HTTP policy API (twisted.web) and a real upstream (Twisted's SMTP
-server).  One test per behaviour of SPEC sections 1 to 5 that needs the
+server).  One test per behaviour of docs/protocol.rst sections 1 to 5 that needs the
 whole path.
 """
 
@@ -87,7 +87,7 @@ class DeliveryTests(EndToEndTestCase):
 
     @defer.inlineCallbacks
     def test_overlong_line_stays_data(self):
-        """TWISTED-NOTES fight E: a 100 kB line never drops the session into command mode."""
+        """docs/twisted.rst fight E: a 100 kB line never drops the session into command mode."""
         body = b"Subject: long\r\n\r\n" + b"A" * 100000 + b"\r\nRSET\r\nMAIL FROM:<evil@example.com>\r\n"
         reply = yield self.stack.send(body)
         self.assertEqual(reply.code, 250)

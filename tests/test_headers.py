@@ -1,6 +1,6 @@
 """
 Tests for L{smtpproxy.headers}: finding, reporting and rewriting the header
-block of wire-form message data (SPEC sections 2, 3 and 4).
+block of wire-form message data (docs/protocol.rst sections 2, 3 and 4).
 """
 
 import re
@@ -43,7 +43,7 @@ def header(name, value):
 
 
 class ParseTests(SynchronousTestCase):
-    """Where the block ends and what the API is told (SPEC sections 2, 3)."""
+    """Where the block ends and what the API is told (docs/protocol.rst sections 2, 3)."""
 
     def test_simple(self):
         block, rest = read(b"From: a@b.c\r\nSubject: hi\r\n\r\nbody\r\n")
@@ -128,7 +128,7 @@ class ParseTests(SynchronousTestCase):
     def test_unstuffed_dot(self):
         """
         A client that forgot to stuff: its leading dot is still removed
-        (SPEC section 2), here and upstream, so C{. x} continues a field.
+        (docs/protocol.rst section 2), here and upstream, so C{. x} continues a field.
         """
         block, rest = read(b"A: 1\r\n. 2\r\n.B: 3\r\n.\r\n")
         self.assertEqual(block.for_api(), [header("A", "1 2"), header("B", "3")])
@@ -217,7 +217,7 @@ class ChunkTests(SynchronousTestCase):
 
 
 class RewriteTests(SynchronousTestCase):
-    """The block relayed after the API's changes (SPEC section 4)."""
+    """The block relayed after the API's changes (docs/protocol.rst section 4)."""
 
     data = (b"From: a@b.c\r\nX-Tag: 1\r\n more\r\nSubject: hi\r\n"
             b"x-tag: 2\r\n..Dot: d\r\n")
@@ -282,7 +282,7 @@ class RewriteTests(SynchronousTestCase):
 
 
 class SizeLimitTests(SynchronousTestCase):
-    """C{--max_header_size} (SPEC section 2)."""
+    """C{--max_header_size} (docs/protocol.rst section 2)."""
 
     def test_exactly_at_limit(self):
         data = b"A: " + b"x" * 95 + b"\r\n"
@@ -366,7 +366,7 @@ def _chunked(data, draw):
 
 
 def _reference(data):
-    """The block's fields and the rest, read line by line as SPEC section 2 says."""
+    """The block's fields and the rest, read line by line as docs/protocol.rst section 2 says."""
     fields, size = [], 0
     for line in re.findall(rb".*?\r\n", data, re.DOTALL):
         text = line.removeprefix(b".")

@@ -1,6 +1,6 @@
 """
 Tests for L{smtpproxy.session} over an in-memory transport: the client
-dialogue of SPEC sections 1 and 2, with the policy API and the upstream
+dialogue of docs/protocol.rst sections 1 and 2, with the policy API and the upstream
 replaced by recorders.
 """
 
@@ -304,7 +304,7 @@ class MessageTests(SessionTestCase):
         self.assertEqual(self.factory.deliveries[0][0], "bounce@example.com")
 
     def test_pipelined_quit_waits_for_the_data_reply(self):
-        """TWISTED-NOTES fight F: QUIT after the dot is answered after DATA's reply."""
+        """docs/twisted.rst fight F: QUIT after the dot is answered after DATA's reply."""
         self.factory.outcome = Deferred()
         self.envelope()
         lines = self.send(b"DATA\r\nSubject: x\r\n\r\nb\r\n.\r\nQUIT\r\n")

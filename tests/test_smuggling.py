@@ -345,7 +345,7 @@ class StartTLSInjectionTests(TestCase):
 class ApiAnswerInjectionTests(TestCase):
     """
     The API is trusted to decide, not to be well-formed: nothing in its answer reaches the
-    upstream or the client's dialogue unless SPEC section 4 allows it.
+    upstream or the client's dialogue unless docs/protocol.rst section 4 allows it.
     """
 
     def setUp(self):

@@ -454,7 +454,7 @@ class ScriptedClientTests(TestCase):
     def test_starttls_injection_seen(self):
         """
         Twisted's own ESMTP runs commands pipelined after STARTTLS and answers them inside TLS
-        (TWISTED-NOTES fight C): the client reports those replies as unsolicited.
+        (docs/twisted.rst fight C): the client reports those replies as unsolicited.
         """
         certs = certificates(self)
         client = yield self.connect(tls=server_options(certs))

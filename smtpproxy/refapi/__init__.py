@@ -1,5 +1,5 @@
 """
-The reference policy API: the contract of SPEC sections 3 and 4 answered
+The reference policy API: the contract of docs/protocol.rst sections 3 and 4 answered
 from a TOML policy file (users with scrypt password hashes, their senders,
 recipient domains, headers and message rate).  It is both usable as it is
 and the example to copy when writing one's own API.

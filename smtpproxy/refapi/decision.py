@@ -1,6 +1,6 @@
 """
-Pure: the reference API's answer (SPEC section 4) to one request (SPEC
-section 3), given the account whose password matched; and its answer to a
+Pure: the reference API's answer (docs/protocol.rst section 4) to one
+request (docs/protocol.rst section 3), given the account whose password matched; and its answer to a
 login check (C{--auth_api}).
 
 The two calls are told apart by their shape, so that one URL may serve
@@ -22,7 +22,7 @@ LOGIN_FAILED = "unknown user or wrong password"
 
 
 class BadRequest(ValueError):
-    """Not a SPEC section 3 request; answered with HTTP 400 and this message."""
+    """Not a docs/protocol.rst section 3 request; answered with HTTP 400 and this message."""
 
 
 @frozen

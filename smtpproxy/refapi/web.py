@@ -1,6 +1,6 @@
 """
-The reference API over twisted.web: POST a SPEC section 3 request to any
-path, get the SPEC section 4 answer; POST a login check (C{--auth_api}: a
+The reference API over twisted.web: POST a docs/protocol.rst section 3 request to any
+path, get the docs/protocol.rst section 4 answer; POST a login check (C{--auth_api}: a
 body with C{"mechanism"}) to any path, get C{{"allow": true}} or
 C{{"allow": false, ...}}.  Both options may name the same URL.
 

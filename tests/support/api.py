@@ -1,5 +1,5 @@
 """
-A fake policy API (SPEC sections 3 and 4) on a real twisted.web server over loopback.
+A fake policy API (docs/protocol.rst sections 3 and 4) on a real twisted.web server over loopback.
 
 End-to-end tests need to see exactly what the proxy asked and to choose the answer, including
 an answer that comes late or never (timeouts, a client hanging up mid-check) without sleeping:

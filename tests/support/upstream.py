@@ -1,5 +1,5 @@
 """
-A recording upstream SMTP server (SPEC section 5) built on Twisted's own ESMTP server.
+A recording upstream SMTP server (docs/protocol.rst section 5) built on Twisted's own ESMTP server.
 
 It keeps what a delivery test needs to check (envelope, the message content exactly as
 received after unstuffing, EHLO name, login, TLS) and can be scripted to refuse recipients,
@@ -9,7 +9,7 @@ and "250 only after the upstream accepted" can be proven without sleeping.
 Two private parts of Twisted's SMTP server are touched, both guarded by tests/test_support.py:
   - L{_Session._messageHandled} is overridden: Twisted always answers the final dot with its
     own 250/550 texts, while tests need a scripted code and text, and a queue id
-    (TWISTED-NOTES fight A);
+    (docs/twisted.rst fight A);
   - the name-mangled C{_SMTP__inbody} flag is set at DATA: Twisted otherwise inserts an empty
     line before a message whose first line has no colon, and the recording would not be what
     was sent.
@@ -242,7 +242,7 @@ def _ascii_shadow(line):
 class _Session(smtp.ESMTP):
     timeout = None  # no idle timer, so nothing is left scheduled
     noisy = False
-    MAX_LENGTH = 1 << 26  # SPEC 2: a line of any length is data, so the proxy may relay one
+    MAX_LENGTH = 1 << 26  # docs/protocol.rst section 2: a line of any length is data, so the proxy may relay one
 
     def __init__(self, upstream):
         challengers = {}
