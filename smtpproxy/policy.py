@@ -41,6 +41,7 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
+from smtpproxy import descriptors
 from smtpproxy.answer import Decision, parse_answer
 from smtpproxy.login import LoginVerdict, parse_login_answer
 from smtpproxy.tls import load_trust_root
@@ -144,7 +145,13 @@ class PolicyClient:
 
     @param http: a treq L{HTTPClient} to use instead of the pooled one
         (L{treq.testing.StubTreq} in unit tests).
+    @ivar exhausted: if set, called with C{"policy API"} or C{"login API"}
+        instead of a warning line when a connection could not be made for
+        want of a file descriptor (L{smtpproxy.descriptors}: such failures
+        come in floods and are summed up).
     """
+
+    exhausted = None
 
     def __init__(self, reactor, policy, http=None):
         self._reactor = reactor
@@ -207,6 +214,10 @@ class PolicyClient:
             if outcome.called:
                 return
             if isinstance(result, Failure):
+                if self.exhausted is not None and descriptors.exhausted(result):
+                    self.exhausted(f"{name} API")
+                    outcome.callback(unavailable("no file descriptor free"))
+                    return
                 result = unavailable(_describe(result))
             if result.cause is not None:
                 log.warn("{name} API unavailable: {cause}", name=name, cause=result.cause)

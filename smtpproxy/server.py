@@ -9,6 +9,7 @@ use it through L{build_factory}.
 """
 
 import itertools
+from functools import partial
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
@@ -17,6 +18,7 @@ from twisted.mail import smtp
 from smtpproxy import replies, upstream
 from smtpproxy.capabilities import UpstreamCapabilities
 from smtpproxy.connections import ConnectionTable
+from smtpproxy.descriptors import log_shortage
 from smtpproxy.headers import Budget
 from smtpproxy.lockout import FailureTable
 from smtpproxy.login import build_login_request
@@ -50,6 +52,7 @@ class ProxyFactory(smtp.SMTPFactory):
         self.failures = FailureTable(
             config.limits.max_auth_failures, config.limits.auth_failure_window, reactor)
         self.handshake_failures = FloodReport(reactor, log_handshake_failures)
+        self.descriptor_shortage = FloodReport(reactor, partial(log_shortage, log))
         self.capabilities = UpstreamCapabilities(reactor, self._probe)
         self.draining = False
         self._numbers = itertools.count(1)
@@ -223,7 +226,7 @@ class ProxyFactory(smtp.SMTPFactory):
         delivered = upstream.deliver(
             self.reactor, self.config.upstream, self.config.hostname,
             sender, recipients, data, mail_parameters, rcpt_parameters,
-            learn=self.capabilities.learn,
+            learn=self.capabilities.learn, exhausted=self.no_descriptor_to_connect,
         )
         return delivered.addCallback(self._timed, started)
 
@@ -242,7 +245,17 @@ class ProxyFactory(smtp.SMTPFactory):
         """
         self.connections.refusals.stop()
         self.handshake_failures.stop()
+        self.descriptor_shortage.stop()
         return self.policy.close()
+
+    def descriptors_exhausted(self, client):
+        """A client met a full descriptor table (L{smtpproxy.descriptors.guard})."""
+        self.metrics.connections_refused.labels("descriptors").inc()
+        self.descriptor_shortage.add("accept", client)
+
+    def no_descriptor_to_connect(self, peer):
+        """A connection to C{peer} (the API, the upstream) failed for want of a descriptor."""
+        self.descriptor_shortage.add("connect", peer)
 
 
 def _cancelling(result, call):
@@ -259,4 +272,7 @@ def build_factory(config, reactor):
     @param reactor: the reactor (also the clock for timeouts).
     @return: a L{ProxyFactory}; call its C{close()} when you stop serving.
     """
-    return ProxyFactory(config, reactor, PolicyClient(reactor, config.policy))
+    policy = PolicyClient(reactor, config.policy)
+    factory = ProxyFactory(config, reactor, policy)
+    policy.exhausted = factory.no_descriptor_to_connect
+    return factory

@@ -24,6 +24,7 @@ from twisted.web.server import Site
 from smtpproxy import haproxy, manual
 from smtpproxy._version import __version__
 from smtpproxy.config import BARE_LF, UPSTREAM_TLS, Limits, Policy, ProxyConfig, Upstream, networks
+from smtpproxy.descriptors import REFUSAL, guard, raise_limit
 from smtpproxy.logs import LEVELS, LogFile, LogRouter, main_log, reopen
 from smtpproxy.server import build_factory
 from smtpproxy.startup import check_http_url, fail, listen
@@ -343,6 +344,13 @@ class ProxyService(MultiService):
             process.uid, process.gid = self.passwd.pw_uid, self.passwd.pw_gid
 
     def startService(self):
+        """
+        Raise the open-file limit (L{raise_limit}: it is the first to run
+        out under load), then serve.
+        """
+        warning = raise_limit(self.factory.config.limits.max_connections)
+        if warning is not None:
+            log.warn(warning)
         super().startService()
         self._reactor.callWhenRunning(self._catch_signals)
 
@@ -452,7 +460,10 @@ def makeService(options, reactor=None):
                 reactor, endpoint_description(address), served, options["pretls_timeout"])
         except (ValueError, KeyError, IndexError) as e:
             fail(f"--{option}={address}: not a usable address or endpoint ({e!r})")
-        listen(option, address, endpoint, served).setServiceParent(service)
+        listening = listen(option, address, endpoint, served)
+        refusal = None if option == "metrics" else REFUSAL if option == "listen" else b""
+        guard(listening.port, factory.descriptors_exhausted, refusal)
+        listening.setServiceParent(service)
     return service
 
 

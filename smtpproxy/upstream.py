@@ -22,7 +22,7 @@ from twisted.logger import Logger, LogLevel
 from twisted.mail import smtp
 from twisted.python.failure import Failure
 
-from smtpproxy import replies
+from smtpproxy import descriptors, replies
 from smtpproxy.capabilities import Capabilities
 from smtpproxy.parameters import DSN_MAIL, DSN_RCPT, for_upstream
 
@@ -282,7 +282,7 @@ def probe(reactor, upstream, hostname):
 
 
 def deliver(reactor, upstream, hostname, sender, recipients, data, mail_parameters=(),
-            rcpt_parameters=None, learn=None):
+            rcpt_parameters=None, learn=None, exhausted=None):
     """
     Send one message to the upstream and say what to answer the client.
 
@@ -296,6 +296,7 @@ def deliver(reactor, upstream, hostname, sender, recipients, data, mail_paramete
     @param rcpt_parameters: for each recipient, its RCPT parameters.
     @param learn: called with the upstream's L{Capabilities} once the
         connection is ready for MAIL FROM.
+    @param exhausted: see L{unavailable}.
 
     @return: a Deferred that fires, exactly once and never with a failure,
         with the client's L{replies.Reply}.
@@ -305,7 +306,7 @@ def deliver(reactor, upstream, hostname, sender, recipients, data, mail_paramete
         recipients=recipients, data=data, mail_parameters=mail_parameters,
         rcpt_parameters=rcpt_parameters or [()] * len(recipients), learn=learn,
     )
-    return outcome.addCallback(_reply).addErrback(unavailable, upstream)
+    return outcome.addCallback(_reply).addErrback(unavailable, upstream, exhausted)
 
 
 def connect(reactor, upstream, hostname, protocol, sender, recipients=(), data=None,
@@ -387,7 +388,7 @@ def refusal(code, resp):
     return replies.relayed(code, f"{code // 100}.0.0", resp.decode("utf-8", "replace"))
 
 
-def unavailable(failure, upstream):
+def unavailable(failure, upstream, exhausted=None):
     """
     Any failure to use the upstream is temporary for the client (never a
     5xx: the client must retry); the cause goes to the log, once.
@@ -397,7 +398,14 @@ def unavailable(failure, upstream):
     The client still hears only 451 4.4.1: its own login was fine.  The
     cause is taken from the reply, never from the error's transcript
     (C{error.log}), which holds the AUTH exchange.
+
+    A connection that could not be made for want of a file descriptor is
+    told to C{exhausted} instead, if given, which sums such failures up
+    (they come in floods).
     """
+    if exhausted is not None and descriptors.exhausted(failure):
+        exhausted(f"upstream {upstream.host}:{upstream.port}")
+        return replies.UPSTREAM_UNAVAILABLE
     error = failure.value
     if isinstance(error, smtp.SMTPClientError):
         cause = error.resp.decode("utf-8", "replace")

@@ -14,15 +14,18 @@ from twisted.internet.protocol import ProcessProtocol
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def twistd_command(*arguments, umask=None):
+def twistd_command(*arguments, umask=None, nofile=None):
     """
     The argv of C{twistd -n --pidfile= ARGUMENTS...}, run by this Python:
     the tests need neither a C{twistd} script on the PATH nor a pid file.
-    With C{umask}, twistd runs under that umask, as from an operator's shell.
+    With C{umask}, twistd runs under that umask, as from an operator's shell;
+    with C{nofile}, under that open-file limit, soft and hard (C{ulimit -n}).
     """
     start = "from twisted.scripts.twistd import run; run()"
     if umask is not None:
         start = f"import os; os.umask({umask:#o}); " + start
+    if nofile is not None:
+        start = f"import resource; resource.setrlimit(resource.RLIMIT_NOFILE, ({nofile}, {nofile})); " + start
     return [sys.executable, "-c", start, "-n", "--pidfile=", *arguments]
 
 
