@@ -26,6 +26,7 @@ from smtpproxy._version import __version__
 from smtpproxy.config import BARE_LF, UPSTREAM_TLS, Limits, Policy, ProxyConfig, Upstream, networks
 from smtpproxy.descriptors import REFUSAL, guard, raise_limit
 from smtpproxy.logs import LEVELS, LogFile, LogRouter, main_log, reopen
+from smtpproxy.memory import TRIM_INTERVAL, trimmer
 from smtpproxy.server import build_factory
 from smtpproxy.startup import check_http_url, fail, listen
 from smtpproxy.tls import ReloadableContext, TLSFilesError, load_trust_root, policy_from_options
@@ -334,6 +335,7 @@ class ProxyService(MultiService):
         self.log_files = log_files
         self._catching = False
         self._stopping = False
+        self._trim = None
         self._previous = {}
 
     def setServiceParent(self, parent):
@@ -351,6 +353,9 @@ class ProxyService(MultiService):
         warning = raise_limit(self.factory.config.limits.max_connections)
         if warning is not None:
             log.warn(warning)
+        self._trim = trimmer(self._reactor)
+        if self._trim is not None:
+            self._trim.start(TRIM_INTERVAL, now=False)
         super().startService()
         self._reactor.callWhenRunning(self._catch_signals)
 
@@ -404,6 +409,8 @@ class ProxyService(MultiService):
         the Deferred fires when all is done.
         """
         self._stopping = True
+        if self._trim is not None and self._trim.running:
+            self._trim.stop()
         stopped = super().stopService()
         stopped.addBoth(lambda _: self.factory.drain(self.drain_timeout))
         stopped.addBoth(lambda _: self.factory.close())

@@ -1,7 +1,8 @@
 """
 Tests for L{smtpproxy.descriptors}: the open-file limit raised and checked
 at start, and a full descriptor table answered with C{421} while the
-metrics port keeps serving, against the real twistd under a low limit.
+metrics port keeps serving, against the real twistd under a low limit;
+and for L{smtpproxy.memory}, which gives freed memory back.
 """
 
 import errno
@@ -16,10 +17,10 @@ from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.internet.protocol import ClientFactory, Protocol
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from twisted.web.client import HTTPConnectionPool, ResponseNeverReceived
 
-from smtpproxy import Policy, Upstream, descriptors, replies
+from smtpproxy import Policy, Upstream, descriptors, memory, replies
 from smtpproxy.policy import PolicyClient
 from smtpproxy.upstream import unavailable
 from tests.support.twistd import ChildProcess, free_port, twistd_command, twistd_environment, twistd_parts
@@ -238,3 +239,18 @@ class _Failing:
 
     def post(self, *args, **kwargs):
         return defer.fail(self._failure)
+
+
+class TrimTests(SynchronousTestCase):
+    def test_trims_once_a_minute(self):
+        clock = Clock()
+        trim = memory.trimmer(clock)
+        if trim is None:
+            raise SkipTest("no malloc_trim in this C library")
+        calls = []
+        trim.f = lambda pad: calls.append(pad)
+        trim.start(memory.TRIM_INTERVAL, now=False)
+        clock.advance(memory.TRIM_INTERVAL)
+        clock.advance(memory.TRIM_INTERVAL)
+        trim.stop()
+        self.assertEqual(calls, [0, 0])
