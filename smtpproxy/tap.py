@@ -16,6 +16,7 @@ import signal
 import sys
 
 from twisted.application.service import IProcess, MultiService
+from twisted.internet.defer import gatherResults
 from twisted.logger import ILogObserver, Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
@@ -25,9 +26,11 @@ from smtpproxy import haproxy, manual
 from smtpproxy._version import __version__
 from smtpproxy.config import BARE_LF, UPSTREAM_TLS, Limits, Policy, ProxyConfig, Upstream, networks
 from smtpproxy.descriptors import REFUSAL, guard, raise_limit
+from smtpproxy.health import Readiness, add_pages, tcp_check
 from smtpproxy.logs import LEVELS, LogFile, LogRouter, main_log, reopen
 from smtpproxy.memory import TRIM_INTERVAL, trimmer
 from smtpproxy.server import build_factory
+from smtpproxy.upstream import probe as upstream_probe
 from smtpproxy.startup import check_http_url, fail, listen
 from smtpproxy.tls import ReloadableContext, TLSFilesError, load_trust_root, policy_from_options
 
@@ -327,6 +330,7 @@ class ProxyService(MultiService):
 
     def __init__(self, factory, observer, passwd, reactor, drain_timeout, log_files=()):
         super().__init__()
+        self.after_drain = []
         self.factory = factory
         self.observer = observer
         self.passwd = passwd
@@ -414,6 +418,7 @@ class ProxyService(MultiService):
         stopped = super().stopService()
         stopped.addBoth(lambda _: self.factory.drain(self.drain_timeout))
         stopped.addBoth(lambda _: self.factory.close())
+        stopped.addBoth(lambda _: gatherResults([s.stopService() for s in self.after_drain]))
         return stopped.addBoth(self._release_signals)
 
     def _release_signals(self, result):
@@ -460,7 +465,7 @@ def makeService(options, reactor=None):
     implicit = TLSMemoryBIOFactory(factory.config.tls, False, factory)
     listeners += [("listen_tls", address, implicit) for address in options["listen_tls"]]
     if options["metrics"] is not None:
-        listeners.append(("metrics", options["metrics"], _quiet_site(factory.metrics.resource())))
+        listeners.append(("metrics", options["metrics"], _quiet_site(_metrics_pages(factory, reactor, service))))
     for option, address, served in listeners:
         try:
             endpoint, served = haproxy.server(
@@ -470,8 +475,32 @@ def makeService(options, reactor=None):
         listening = listen(option, address, endpoint, served)
         refusal = None if option == "metrics" else REFUSAL if option == "listen" else b""
         guard(listening.port, factory.descriptors_exhausted, refusal)
-        listening.setServiceParent(service)
+        if option == "metrics":
+            # Up until the process exits: a balancer sees the drain on /readyz.
+            listening.startService()
+            service.after_drain.append(listening)
+        else:
+            listening.setServiceParent(service)
     return service
+
+
+def _metrics_pages(factory, reactor, service):
+    """
+    C{/metrics}, C{/healthz} and C{/readyz} (L{smtpproxy.health}), whose
+    background checks run as part of C{service}.
+    """
+    config = factory.config
+    checks = {"upstream": lambda: upstream_probe(
+        reactor, config.upstream, config.hostname, logged=False).addCallback(
+            factory.capabilities.learn)}
+    checks["policy API"] = tcp_check(reactor, config.policy.url)
+    if config.policy.auth_url is not None:
+        checks["login API"] = tcp_check(reactor, config.policy.auth_url)
+    readiness = Readiness(reactor, checks, lambda: factory.draining)
+    readiness.setServiceParent(service)
+    root = factory.metrics.resource()
+    add_pages(root, readiness)
+    return root
 
 
 def _quiet_site(resource):

@@ -267,10 +267,10 @@ class Probe(UpstreamClient):
         self._disconnectFromServer()
 
 
-def probe(reactor, upstream, hostname):
+def probe(reactor, upstream, hostname, logged=True):
     """
     A Deferred firing with the upstream's L{Capabilities}; a failure is
-    logged (L{unavailable}) and passed on.
+    passed on, and logged (L{unavailable}) if C{logged}.
     """
     probed = defer.maybeDeferred(connect, reactor, upstream, hostname, Probe, "")
 
@@ -278,7 +278,7 @@ def probe(reactor, upstream, hostname):
         unavailable(failure, upstream)
         return failure
 
-    return probed.addErrback(failed)
+    return probed.addErrback(failed) if logged else probed
 
 
 def deliver(reactor, upstream, hostname, sender, recipients, data, mail_parameters=(),
