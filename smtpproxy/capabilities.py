@@ -16,7 +16,7 @@ from twisted.logger import Logger
 
 log = Logger(namespace="smtpproxy.upstream")
 
-RELEVANT = frozenset({"DSN", "SMTPUTF8", "SIZE", "8BITMIME", "AUTH", "PIPELINING"})
+RELEVANT = frozenset({"DSN", "SMTPUTF8", "SIZE", "8BITMIME", "AUTH", "PIPELINING", "XCLIENT"})
 """The EHLO keywords the proxy acts on."""
 
 MAX_DELAY = 60
@@ -28,22 +28,26 @@ class Capabilities:
     """
     @ivar keywords: the relevant EHLO keywords offered, upper-cased.
     @ivar size: the SIZE limit the upstream declared; C{0} is none declared.
+    @ivar xclient: the XCLIENT attributes the upstream takes (C{ADDR}, ...).
     """
 
     keywords: frozenset = frozenset()
     size: int = 0
+    xclient: frozenset = frozenset()
 
     @classmethod
     def from_ehlo(cls, response: bytes) -> "Capabilities":
         """Read an EHLO reply's text (its lines after the first are keywords)."""
-        keywords, size = set(), 0
+        keywords, size, xclient = set(), 0, frozenset()
         for line in response.split(b"\n")[1:]:
             words = line.decode("ascii", "replace").upper().split()
             if words and words[0] in RELEVANT:
                 keywords.add(words[0])
                 if words[0] == "SIZE" and len(words) > 1 and words[1].isdigit():
                     size = int(words[1])
-        return cls(frozenset(keywords), size)
+                if words[0] == "XCLIENT":
+                    xclient = frozenset(words[1:])
+        return cls(frozenset(keywords), size, xclient)
 
     def offers(self, keyword):
         return keyword in self.keywords

@@ -91,6 +91,9 @@ class Upstream:
     @ivar username: log in to the upstream (AUTH) as this user, with
         C{password}; only over TLS, so the password never goes in clear.
     @ivar tls_policy: the L{TLSPolicy} toward the upstream.
+    @ivar xclient: tell an upstream that offers XCLIENT (Postfix with
+        C{smtpd_authorized_xclient_hosts}) who the real client is, so its
+        logs and per-client controls see that client, not the proxy.
     @ivar client_tls: derived: the client TLS context for every delivery,
         built once so the trust store is not loaded again for each message.
     """
@@ -104,6 +107,7 @@ class Upstream:
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     tls_policy: TLSPolicy = field(factory=TLSPolicy, repr=False)
+    xclient: bool = False
     client_tls: object = field(init=False, repr=False, eq=False)
 
     @client_tls.default

@@ -144,6 +144,27 @@ def _parse(text, checks):
     return tuple(parameters)
 
 
+def xtext(text):
+    """RFC 3461 xtext: printable ASCII but C{+} and C{=} as is, every other byte as C{+HH}."""
+    return "".join(
+        chr(b) if 33 <= b <= 126 and b not in b"+=" else f"+{b:02X}" for b in text.encode("utf-8"))
+
+
+def xclient_command(client, offered):
+    """
+    The C{XCLIENT} command telling the upstream who the real client is
+    (Postfix's XCLIENT extension): each of C{client}'s attributes
+    (C{ADDR}, C{PORT}, C{HELO}, C{LOGIN}, C{PROTO}, C{NAME}) that the
+    upstream announced in C{offered}, xtext-encoded, in a fixed order.
+    """
+    words = [f"{name}={xtext(client[name])}" for name in _XCLIENT_ORDER
+             if name in offered and client.get(name) is not None]
+    return "XCLIENT " + " ".join(words)
+
+
+_XCLIENT_ORDER = ("NAME", "ADDR", "PORT", "PROTO", "HELO", "LOGIN")
+
+
 def value(parameters, keyword):
     """The value of C{keyword} among C{parameters}, or L{None}."""
     return next((p.value for p in parameters if p.keyword == keyword), None)

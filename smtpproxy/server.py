@@ -64,6 +64,8 @@ class ProxyFactory(smtp.SMTPFactory):
         """The first listener is up: learn what the upstream offers."""
         if self.config.probe_upstream:
             self.capabilities.start()
+        if self.config.upstream.xclient:
+            self.capabilities.known().addCallback(_warn_without_xclient)
 
     def stopFactory(self):
         self.capabilities.stop()
@@ -220,13 +222,18 @@ class ProxyFactory(smtp.SMTPFactory):
         """Ask the upstream about a transaction's recipients (C{--verify_recipients})."""
         return RecipientCheck(self, sender, mail_parameters)
 
-    def deliver(self, sender, recipients, data, mail_parameters=(), rcpt_parameters=None):
-        """Relay one allowed message upstream: a Deferred firing with a Reply."""
+    def deliver(self, sender, recipients, data, mail_parameters=(), rcpt_parameters=None,
+                client=None):
+        """
+        Relay one allowed message upstream: a Deferred firing with a Reply.
+        C{client} is the real client's XCLIENT attributes (C{--upstream_xclient}).
+        """
         started = self.reactor.seconds()
         delivered = upstream.deliver(
             self.reactor, self.config.upstream, self.config.hostname,
             sender, recipients, data, mail_parameters, rcpt_parameters,
             learn=self.capabilities.learn, exhausted=self.no_descriptor_to_connect,
+            client=client,
         )
         return delivered.addCallback(self._timed, started)
 
@@ -256,6 +263,12 @@ class ProxyFactory(smtp.SMTPFactory):
     def no_descriptor_to_connect(self, peer):
         """A connection to C{peer} (the API, the upstream) failed for want of a descriptor."""
         self.descriptor_shortage.add("connect", peer)
+
+
+def _warn_without_xclient(capabilities):
+    if not capabilities.offers("XCLIENT"):
+        log.warn("--upstream_xclient: the upstream does not offer XCLIENT; it sees the proxy "
+                 "as every message's client (with Postfix: smtpd_authorized_xclient_hosts)")
 
 
 def _cancelling(result, call):

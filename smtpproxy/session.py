@@ -96,6 +96,7 @@ class ProxySession(smtp.ESMTP):
         self._closing = False
         self._login = None
         self._offer = Offer()
+        self._offer_extended = False
         self._auth = None
         self._transaction = None
         self._message = None
@@ -135,6 +136,19 @@ class ProxySession(smtp.ESMTP):
         if self.startedTLS:
             ext[b"AUTH"] = [b"PLAIN", b"LOGIN"]
         return ext
+
+    def _origin(self):
+        """The real client, as XCLIENT names it to the upstream (C{--upstream_xclient})."""
+        peer = self.transport.getPeer()
+        address = self.client if ":" not in self.client else "IPV6:" + self.client
+        return {
+            "NAME": "[UNAVAILABLE]",
+            "ADDR": address,
+            "PORT": str(getattr(peer, "port", "")) or None,
+            "PROTO": "ESMTP" if self._offer_extended else "SMTP",
+            "HELO": _text(self._helo[0] or b"") or None,
+            "LOGIN": self._login.username,
+        }
 
     def _upstream_offer(self):
         """
@@ -270,6 +284,7 @@ class ProxySession(smtp.ESMTP):
 
     def smtp_EHLO(self, argument):
         if self._greet(argument):
+            self._offer_extended = True
             self._offer = self._upstream_offer()
             self.sendCode(250, self.host + b" Hello\n" + self.listExtensions())
 
@@ -284,6 +299,7 @@ class ProxySession(smtp.ESMTP):
             return False
         self._helo = (argument, self._helo[1])
         self._offer = Offer()
+        self._offer_extended = False
         self._end_transaction()
         return True
 
@@ -368,6 +384,7 @@ class ProxySession(smtp.ESMTP):
                 self._login, self.client, helo, connection=self.number, tls=self._tls)
             self._transaction.validateFrom(self._helo, mail.address)
             self._transaction.mail_parameters = mail.parameters
+            self._transaction.origin = self._origin()
             self.reply(replies.SENDER_OK)
 
     def smtp_RCPT(self, argument):

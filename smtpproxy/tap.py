@@ -92,6 +92,7 @@ def _upstream(options):
             username=options["upstream_user"],
             password=_password(options),
             tls_policy=policy_from_options(options, "upstream_"),
+            xclient=bool(options["upstream_xclient"]),
         )
     except ValueError as e:
         fail(str(e))
@@ -124,6 +125,8 @@ class Options(usage.Options):
         ["credentials", None, "Show AUTH data in the smtplog (exposes passwords)."],
         ["verify_recipients", None,
          "Ask the upstream about each recipient at RCPT time and relay its refusal there."],
+        ["upstream_xclient", None,
+         "Tell an upstream that offers XCLIENT the real client (address, port, HELO, login)."],
     ]
     optParameters = [
         ["user", None, None, "Drop privileges to this user after start."],

@@ -44,6 +44,8 @@ class Transaction:
         shown to the API and passed on to the upstream where it offers them.
     @ivar rcpt_parameters: each recipient's RCPT parameters, in the order
         of C{recipients}.
+    @ivar origin: the real client as XCLIENT tells the upstream
+        (L{smtpproxy.parameters.xclient_command}), or L{None}.
     @ivar connection: the session's number, as the smtplog shows it, so a
         message's log line leads to its dialogue.
     @ivar tls: the negotiated TLS version and cipher
@@ -59,6 +61,7 @@ class Transaction:
         self.tls = tls
         self.sender = None
         self.mail_parameters = ()
+        self.origin = None
         self.recipients = []
         self.rcpt_parameters = []
         self._check = None
@@ -236,7 +239,7 @@ class Message:
         t = self.transaction
         sender = t.sender if decision.sender is None else decision.sender
         return t.services.deliver(sender, t.recipients, data, t.mail_parameters,
-                                  t.rcpt_parameters)
+                                  t.rcpt_parameters, client=t.origin)
 
     def _crashed(self, failure):
         log.failure("message handling failed", failure)

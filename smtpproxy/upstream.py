@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 
 from smtpproxy import descriptors, replies
 from smtpproxy.capabilities import Capabilities
-from smtpproxy.parameters import DSN_MAIL, DSN_RCPT, for_upstream
+from smtpproxy.parameters import DSN_MAIL, DSN_RCPT, for_upstream, xclient_command
 
 log = Logger(namespace="smtpproxy.upstream")
 
@@ -149,8 +149,11 @@ class RelaySender(UpstreamClient):
         with UTF-8 addresses is not sent as plain mail, the client gets a
         4xx and tries again later.
         """
-        offered = self.capabilities.keywords
         factory = self.factory
+        if factory.xclient is not None and self.capabilities.offers("XCLIENT"):
+            self._tell_client(factory.xclient)
+            return
+        offered = self.capabilities.keywords
         keep_auth = factory.username is not None
         mail, dropped = for_upstream(factory.mail_parameters, offered, keep_auth)
         self._rcpt_suffixes = []
@@ -172,6 +175,33 @@ class RelaySender(UpstreamClient):
         self._okresponse = self.smtpState_to
         self._failresponse = self.smtpTransferFailed
         self.sendLine(b"MAIL FROM:<" + factory.fromEmail + b">" + mail.encode("ascii"))
+
+    def _tell_client(self, client):
+        """
+        XCLIENT (C{--upstream_xclient}): the upstream takes the real client
+        for the connection's, answers with a new greeting, and wants EHLO
+        again; then the message goes as usual.  A refusal means the
+        upstream does not trust the proxy for it: the message waits (451)
+        and the log says why, rather than go as if from the proxy.
+        """
+        self.factory.xclient = None
+        self._expected = [220]
+        self._okresponse = self._greetedAgain
+        self._failresponse = self._xclientRefused
+        self.sendLine(xclient_command(client, self.capabilities.xclient).encode("ascii"))
+
+    def _greetedAgain(self, code, resp):
+        self._expected = [250]
+        self._okresponse = self._helloAgain
+        self._failresponse = self._xclientRefused
+        self.sendLine(b"EHLO " + self.factory.domain)
+
+    def _helloAgain(self, code, resp):
+        self.capabilities = Capabilities.from_ehlo(resp)
+        self.ready()
+
+    def _xclientRefused(self, code, resp):
+        self.sendError(smtp.SMTPProtocolError(code, b"XCLIENT refused: " + resp))
 
     def smtpState_toOrData(self, code, resp):
         """
@@ -282,7 +312,7 @@ def probe(reactor, upstream, hostname, logged=True):
 
 
 def deliver(reactor, upstream, hostname, sender, recipients, data, mail_parameters=(),
-            rcpt_parameters=None, learn=None, exhausted=None):
+            rcpt_parameters=None, learn=None, exhausted=None, client=None):
     """
     Send one message to the upstream and say what to answer the client.
 
@@ -297,6 +327,9 @@ def deliver(reactor, upstream, hostname, sender, recipients, data, mail_paramete
     @param learn: called with the upstream's L{Capabilities} once the
         connection is ready for MAIL FROM.
     @param exhausted: see L{unavailable}.
+    @param client: the real client's XCLIENT attributes
+        (L{smtpproxy.parameters.xclient_command}), sent where the upstream
+        offers XCLIENT and C{upstream.xclient} is on.
 
     @return: a Deferred that fires, exactly once and never with a failure,
         with the client's L{replies.Reply}.
@@ -305,6 +338,7 @@ def deliver(reactor, upstream, hostname, sender, recipients, data, mail_paramete
         connect, reactor, upstream, hostname, RelaySender, sender,
         recipients=recipients, data=data, mail_parameters=mail_parameters,
         rcpt_parameters=rcpt_parameters or [()] * len(recipients), learn=learn,
+        xclient=client if upstream.xclient else None,
     )
     return outcome.addCallback(_reply).addErrback(unavailable, upstream, exhausted)
 

@@ -233,3 +233,43 @@ class AuthIdTests(ESMTPTestCase):
         reply = yield self.transaction(b"MAIL FROM:<alice@example.com>", [b"RCPT TO:<b@example.net>"])
         self.assertEqual((reply.code, reply.text.split()[0]), (451, "4.3.0"))
         self.assertEqual(self.upstream.messages, [])
+
+
+class XclientTests(TestCase):
+    """C{--upstream_xclient}: the upstream is told the real client before MAIL."""
+
+    @defer.inlineCallbacks
+    def start(self, offers):
+        self.stack = Stack(reactor, self.mktemp(), upstream_offers=offers, upstream_xclient=True)
+        self.addCleanup(self.stack.close)
+        yield self.stack.ready()
+        self.stack.upstream.commands.clear()
+
+    @defer.inlineCallbacks
+    def test_xclient_bytes_then_ehlo_again(self):
+        yield self.start(("XCLIENT NAME ADDR PORT PROTO HELO LOGIN",))
+        reply = yield self.stack.send(MESSAGE)
+        self.assertEqual(reply.code, 250)
+        (commands,) = self.stack.upstream.commands
+        self.assertRegex(commands[1].decode(), r"^XCLIENT NAME=\[UNAVAILABLE\] ADDR=127\.0\.0\.1 "
+                                               r"PORT=\d+ PROTO=ESMTP HELO=client\.example LOGIN=alice$")
+        self.assertEqual([commands[0], commands[2]], [b"EHLO proxy.test"] * 2)
+        self.assertEqual(commands[3], b"MAIL FROM:<alice@example.com>")
+        self.assertEqual(len(self.stack.upstream.messages), 1)
+
+    @defer.inlineCallbacks
+    def test_only_the_attributes_announced(self):
+        yield self.start(("XCLIENT ADDR HELO",))
+        yield self.stack.send(MESSAGE)
+        (commands,) = self.stack.upstream.commands
+        self.assertEqual(commands[1], b"XCLIENT ADDR=127.0.0.1 HELO=client.example")
+
+    @defer.inlineCallbacks
+    def test_not_offered_nothing_sent_and_a_warning(self):
+        with capturedLogs() as logged:
+            yield self.start(())
+        self.assertIn("--upstream_xclient: the upstream does not offer XCLIENT",
+                      " ".join(formatEvent(e) for e in logged))
+        yield self.stack.send(MESSAGE)
+        (commands,) = self.stack.upstream.commands
+        self.assertFalse([c for c in commands if c.startswith(b"XCLIENT")])

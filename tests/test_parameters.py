@@ -15,6 +15,7 @@ from smtpproxy.parameters import (
     for_upstream,
     parse_mail_parameters,
     parse_rcpt_parameters,
+    xclient_command,
 )
 
 DSN = Offer(dsn=True, smtputf8=True)
@@ -70,6 +71,13 @@ class ForUpstreamTests(SynchronousTestCase):
                          (" SIZE=5 BODY=8bitmime RET=HDRS SMTPUTF8", ("AUTH",)))
         self.assertEqual(for_upstream(mail, {"AUTH"}, keep_auth=True),
                          (" AUTH=<>", ("SIZE", "BODY", "RET", "SMTPUTF8")))
+
+
+class XclientTests(SynchronousTestCase):
+    def test_xtext_and_order(self):
+        client = {"LOGIN": "al ice+x=y", "ADDR": "IPV6:2001:db8::1", "HELO": "höst", "PORT": None}
+        self.assertEqual(xclient_command(client, {"ADDR", "LOGIN", "HELO", "PORT", "NAME"}),
+                         "XCLIENT ADDR=IPV6:2001:db8::1 HELO=h+C3+B6st LOGIN=al+20ice+2Bx+3Dy")
 
 
 class AddressTests(SynchronousTestCase):

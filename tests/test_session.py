@@ -64,7 +64,8 @@ class RecordingFactory(ProxyFactory):
         self.mail_parameters = []
         self.outcome = QUEUED
 
-    def deliver(self, sender, recipients, data, mail_parameters=(), rcpt_parameters=None):
+    def deliver(self, sender, recipients, data, mail_parameters=(), rcpt_parameters=None,
+                client=None):
         self.deliveries.append((sender, list(recipients), data.read()))
         self.mail_parameters.append(tuple(p.text for p in mail_parameters))
         return self.outcome if isinstance(self.outcome, Deferred) else succeed(self.outcome)

@@ -41,7 +41,8 @@ class Stack:
     """
 
     def __init__(self, reactor, directory, limits=Limits(), api_timeout=5, upstream_timeout=5,
-                 login_check=False, policy=None, upstream_offers=None, **config):
+                 login_check=False, policy=None, upstream_offers=None, upstream_xclient=False,
+                 **config):
         """
         @param policy: a L{Policy} to use instead of one naming the fake APIs
             (for a real API such as the reference one).
@@ -62,7 +63,8 @@ class Stack:
         auth_url = None if self.auth_api is None else self.auth_api.url
         self.config = ProxyConfig(
             policy=policy or Policy(url=self.api.url, timeout=api_timeout, auth_url=auth_url),
-            upstream=Upstream(host="127.0.0.1", port=self.upstream.port, timeout=upstream_timeout),
+            upstream=Upstream(host="127.0.0.1", port=self.upstream.port, timeout=upstream_timeout,
+                              xclient=upstream_xclient),
             tls=server_options(certs),
             hostname="proxy.test",
             limits=limits,

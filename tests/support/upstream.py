@@ -262,6 +262,11 @@ class _Session(smtp.ESMTP):
     def greeting(self):
         return self.host + b" ESMTP fake upstream"
 
+    def do_XCLIENT(self, rest):
+        """Postfix's XCLIENT, where offered: a new greeting, EHLO again (recorded in L{commands})."""
+        self._helo = None
+        self.sendCode(220, self.greeting())
+
     def extensions(self):
         ext = super().extensions()
         for offer in self._upstream.offers:
