@@ -22,6 +22,7 @@ from smtpproxy.parameters import (
     parse_mail_parameters,
     parse_rcpt_parameters,
     present,
+    unxtext,
     value,
 )
 
@@ -29,11 +30,10 @@ _ATEXT = r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]"
 # RFC 6531: with SMTPUTF8, atext, qtext and labels also take non-ASCII
 # characters; still no C1 control and no white space of any script.
 _UTF8 = r"[^\x00-\x9f\xa0\u1680\u2000-\u200f\u2028-\u202f\u205f-\u206f\u3000\ufeff]"
-# qtextSMTP and quoted-pairSMTP (RFC 5321 section 4.1.2) without "<" and
-# ">": an upstream that finds the path's end by the first ">" would read
-# the rest of the address as parameters.
-_QTEXT = r"[ !#-;=?-\[\]-~]"
-_QPAIR = r"\\[ -;=?-~]"
+# qtextSMTP and quoted-pairSMTP (RFC 5321 section 4.1.2): printable ASCII
+# and space; never a control character, CR or LF.
+_QTEXT = r"[ !#-\[\]-~]"
+_QPAIR = r"\\[ -~]"
 _LABEL_CHAR = "[A-Za-z0-9]"
 _MAX_DOMAIN = 255  # RFC 5321 section 4.5.3.1.2
 _IPV4_CHARACTERS = re.compile(r"[0-9.]+")
@@ -58,13 +58,8 @@ _GRAMMARS = {False: _grammar(False), True: _grammar(True)}
 
 
 def _argument_pattern(keyword):
-    """
-    C{FROM:} or C{TO:} (any case), optional spaces, a path in angle brackets,
-    then optional space-separated parameters.  The path is the shortest one
-    that ends in a C{>} followed by a space or the end, so a C{>} inside an
-    address stays in the path, where the address check refuses it.
-    """
-    return re.compile(rf"(?i:{keyword}):[ ]*<(?P<path>.*?)>(?:[ ]+(?P<parameters>.*))?", re.DOTALL)
+    """C{FROM:} or C{TO:} (any case), optional spaces, then the path's C{<}."""
+    return re.compile(rf"(?i:{keyword}):[ ]*<")
 
 
 _MAIL_ARGUMENT = _argument_pattern("FROM")
@@ -146,7 +141,11 @@ def parse_mail(argument: bytes, offer: Offer = Offer()) -> MailFrom:
     path, text = _split_argument(_MAIL_ARGUMENT, argument, replies.MAIL_SYNTAX)
     utf8 = offer.smtputf8 and "SMTPUTF8" in text.upper().split(" ")
     address = "" if path == "" else _path_address(path, utf8)
-    return MailFrom(address, _parameters(parse_mail_parameters, text, offer))
+    parameters = _parameters(parse_mail_parameters, text, offer)
+    auth = value(parameters, "AUTH")
+    if auth not in (None, "<>") and not _is_mailbox(unxtext(auth)):
+        raise CommandError(replies.BAD_PARAMETER)  # RFC 4954 section 5: <> or a mailbox
+    return MailFrom(address, parameters)
 
 
 def parse_rcpt(argument: bytes, offer: Offer = Offer(), utf8: bool = False) -> RcptTo:
@@ -187,10 +186,34 @@ def _split_argument(pattern, argument, syntax_error):
     Latin-1 maps every byte to one character, so non-ASCII bytes survive
     decoding and are refused by the grammar rather than by a decode error.
     """
-    match = pattern.fullmatch(argument.decode("latin-1"))
-    if match is None:
+    text = argument.decode("latin-1")
+    match = pattern.match(text)
+    split = None if match is None else (
+        _split_path(text[match.end():], quotes=True) or _split_path(text[match.end():]))
+    if split is None:
         raise CommandError(syntax_error)
-    return match["path"], (match["parameters"] or "").strip(" ")
+    return split
+
+
+def _split_path(text, quotes=False):
+    """
+    C{(path, parameters)} of what follows a path's C{<}, or L{None}.  The
+    path ends at the first C{>} followed by a space or the end; with
+    C{quotes}, not at one inside a quoted string (C{"a> b"@example.com}).
+    Without, a C{>} inside an address stays in the path, where the address
+    check refuses it.
+    """
+    quoted = escaped = False
+    for i, character in enumerate(text):
+        if escaped:
+            escaped = False
+        elif quoted and character == "\\":
+            escaped = True
+        elif quotes and character == '"':
+            quoted = not quoted
+        elif not quoted and character == ">" and text[i + 1:i + 2] in ("", " "):
+            return text[:i], text[i + 1:].strip(" ")
+    return None
 
 
 def _path_address(path, utf8):

@@ -75,6 +75,11 @@ def _xtext(value, limit=None):
     return _XTEXT.fullmatch(value) is not None and (limit is None or len(value) <= limit)
 
 
+def unxtext(value):
+    """The text an xtext (already checked) stands for."""
+    return re.sub(r"\+([0-9A-F]{2})", lambda m: chr(int(m[1], 16)), value)
+
+
 def _notify(value):
     words = value.upper().split(",")
     if words == ["NEVER"]:

@@ -124,7 +124,7 @@ class DSNTests(ESMTPTestCase):
     def test_malformed_or_repeated_is_501(self):
         client = yield self.stack.session()
         for mail in [b"RET=ALL", b"RET=FULL RET=HDRS", b"ENVID=a+b", b"ENVID=" + b"x" * 101,
-                     b"AUTH=a=b", b"SMTPUTF8=yes"]:
+                     b"AUTH=a=b", b"AUTH=alice", b"AUTH=a+40b+40example.com", b"SMTPUTF8=yes"]:
             reply = yield client.command(b"MAIL FROM:<a@example.com> " + mail)
             self.assertEqual((reply.code, reply.text.split()[0]), (501, "5.5.4"), mail)
         yield client.command(b"MAIL FROM:<a@example.com>", expect=250)
@@ -211,7 +211,7 @@ class AddressTests(ESMTPTestCase):
     @defer.inlineCallbacks
     def test_quoted_local_part_still_strict(self):
         client = yield self.stack.session()
-        for address in [b'"a\tb"@example.test', b'"a>b"@example.test', b'"a\x00b"@example.test']:
+        for address in [b'"a\tb"@example.test', b'"a\rb"@example.test', b'"a\x00b"@example.test']:
             reply = yield client.command(b"MAIL FROM:<" + address + b">")
             self.assertEqual(reply.code, 501, address)
         yield client.close()
