@@ -84,9 +84,11 @@ def tcp_check(reactor, url, timeout=CHECK_INTERVAL):
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     endpoint = HostnameEndpoint(reactor, parts.hostname, port, timeout=timeout)
+    factory = Factory.forProtocol(Protocol)
+    factory.noisy = False  # no "Starting factory" line every few seconds
 
     def check():
-        connected = endpoint.connect(Factory.forProtocol(Protocol))
+        connected = endpoint.connect(factory)
         return connected.addCallback(lambda protocol: protocol.transport.loseConnection())
 
     return check
