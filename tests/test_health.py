@@ -45,7 +45,7 @@ class EndpointTests(TestCase):
             lambda response: response.text().addCallback(lambda body: (response.code, body)))
 
     @defer.inlineCallbacks
-    def test_health_and_readiness_through_start_api_down_and_drain(self):
+    def test_health_and_readiness_through_start_api_and_upstream_down_and_drain(self):
         directory, certs, api, upstream = twistd_parts(self)
         port, self.metrics = free_port(), free_port()
         twistd = ChildProcess()
@@ -67,6 +67,11 @@ class EndpointTests(TestCase):
         code, body = yield self.get("/readyz")
         self.assertEqual(code, 503)
         self.assertIn("policy API unreachable", body)
+        yield upstream.close()
+        yield twistd.logged("readiness: upstream unreachable")
+        code, body = yield self.get("/readyz")
+        self.assertEqual(code, 503)
+        self.assertIn("upstream unreachable", body)
         # A client in the middle of DATA keeps the drain going.
         client = yield connect(reactor, port)
         yield client.command(b"EHLO client.example", expect=250)
