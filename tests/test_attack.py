@@ -7,7 +7,6 @@ issue's size (990 connections, 1 MiB each, default limits).
 """
 
 import os
-import sys
 
 from twisted.internet import defer, reactor
 from twisted.internet.error import ProcessDone
@@ -16,7 +15,7 @@ from twisted.trial.unittest import TestCase
 from tests.support.certs import client_options
 from tests.support.client import connect, send_mail
 from tests.support.stack import PASSWORD, USER
-from tests.support.twistd import ChildProcess, free_port, twistd_command, twistd_environment, twistd_parts
+from tests.support.twistd import free_port, spawn_proxy, twistd_parts
 
 SLOW = bool(os.environ.get("SMTPPROXY_SLOW"))
 CLIENTS, HEADER = (990, 1024 * 1024) if SLOW else (100, 256 * 1024)
@@ -50,19 +49,10 @@ class HeaderFloodTests(TestCase):
 
     @defer.inlineCallbacks
     def test_header_flood_holds_the_budget_and_serves_others(self):
-        directory, certs, api, upstream = twistd_parts(self)
+        parts = directory, certs, api, upstream = twistd_parts(self)
         self.port = free_port()
-        twistd = ChildProcess()
         extra = [] if SLOW else [f"--header_memory={BUDGET}", f"--max_header_size={2 * HEADER}"]
-        process = reactor.spawnProcess(
-            twistd, sys.executable,
-            twistd_command(
-                "smtpproxy", f"--listen=127.0.0.1:{self.port}", "--tohost=127.0.0.1",
-                f"--toport={upstream.port}", f"--api={api.url}", f"--tls_cert={certs.cert_path}",
-                f"--tls_key={certs.key_path}", "--hostname=proxy.test", *extra),
-            env=twistd_environment(), path=directory,
-        )
-        self.addCleanup(lambda: twistd.ended.called or process.signalProcess("KILL"))
+        process, twistd = spawn_proxy(self, parts, self.port, *extra)
         yield twistd.logged("SIGTERM drains")
         tls = client_options(certs)
         before = rss(process.pid)

@@ -7,7 +7,6 @@ and for L{smtpproxy.memory}, which gives freed memory back.
 
 import errno
 import socket
-import sys
 from types import SimpleNamespace
 
 import treq
@@ -23,7 +22,7 @@ from twisted.web.client import HTTPConnectionPool, ResponseNeverReceived
 from smtpproxy import Policy, Upstream, descriptors, memory, replies
 from smtpproxy.policy import PolicyClient
 from smtpproxy.upstream import unavailable
-from tests.support.twistd import ChildProcess, free_port, twistd_command, twistd_environment, twistd_parts
+from tests.support.twistd import free_port, spawn_proxy, twistd_parts
 
 
 class _Limits:
@@ -162,19 +161,9 @@ class LowLimitTests(TestCase):
 
     @defer.inlineCallbacks
     def test_full_table_is_421_and_metrics_answer(self):
-        directory, certs, api, upstream = twistd_parts(self)
         port, metrics = free_port(), free_port()
-        twistd = ChildProcess()
-        process = reactor.spawnProcess(
-            twistd, sys.executable,
-            twistd_command(
-                "smtpproxy", f"--listen=127.0.0.1:{port}", f"--metrics=127.0.0.1:{metrics}",
-                "--tohost=127.0.0.1", f"--toport={upstream.port}", f"--api={api.url}",
-                f"--tls_cert={certs.cert_path}", f"--tls_key={certs.key_path}",
-                "--hostname=proxy.test", "--pretls_timeout=60", nofile=128),
-            env=twistd_environment(), path=directory,
-        )
-        self.addCleanup(lambda: twistd.ended.called or process.signalProcess("KILL"))
+        process, twistd = spawn_proxy(self, twistd_parts(self), port, f"--metrics=127.0.0.1:{metrics}",
+                                      "--pretls_timeout=60", nofile=128)
         yield twistd.logged("SIGTERM drains")
         self.assertIn("open-file limit 128 cannot carry --max_connections=1000", twistd.log)
         held = _Clients(200)

@@ -5,7 +5,6 @@ reason while the API is down and while the proxy drains, which the
 listener stays up for.
 """
 
-import sys
 
 import treq
 from twisted.internet import defer, reactor
@@ -17,7 +16,7 @@ from twisted.web.client import HTTPConnectionPool
 from smtpproxy.health import Readiness
 from tests.support.certs import client_options
 from tests.support.client import connect
-from tests.support.twistd import ChildProcess, free_port, twistd_command, twistd_environment, twistd_parts
+from tests.support.twistd import free_port, spawn_proxy, twistd_parts
 
 
 class ReadinessTests(SynchronousTestCase):
@@ -46,19 +45,9 @@ class EndpointTests(TestCase):
 
     @defer.inlineCallbacks
     def test_health_and_readiness_through_start_api_and_upstream_down_and_drain(self):
-        directory, certs, api, upstream = twistd_parts(self)
+        parts = directory, certs, api, upstream = twistd_parts(self)
         port, self.metrics = free_port(), free_port()
-        twistd = ChildProcess()
-        process = reactor.spawnProcess(
-            twistd, sys.executable,
-            twistd_command(
-                "smtpproxy", f"--listen=127.0.0.1:{port}", f"--metrics=127.0.0.1:{self.metrics}",
-                "--tohost=127.0.0.1", f"--toport={upstream.port}", f"--api={api.url}",
-                f"--tls_cert={certs.cert_path}", f"--tls_key={certs.key_path}",
-                "--hostname=proxy.test"),
-            env=twistd_environment(), path=directory,
-        )
-        self.addCleanup(lambda: twistd.ended.called or process.signalProcess("KILL"))
+        process, twistd = spawn_proxy(self, parts, port, f"--metrics=127.0.0.1:{self.metrics}")
         yield twistd.logged("readiness: ready")
         self.assertEqual((yield self.get("/healthz")), (200, "ok\n"))
         self.assertEqual((yield self.get("/readyz")), (200, "ready\n"))

@@ -95,6 +95,29 @@ def twistd_parts(case):
     return directory, make_certificates(directory), api, upstream
 
 
+def spawn_proxy(case, parts, port, *extra, **command):
+    """
+    Run C{twistd -n smtpproxy} for C{case}, listening on 127.0.0.1:C{port}
+    with L{twistd_parts}' C{parts} (API, upstream, certificates) and the
+    C{extra} options; C{command} goes to L{twistd_command}.  The test's
+    cleanup kills it if it is still running.
+
+    @return: C{(process, child)}: the process transport, the L{ChildProcess}.
+    """
+    directory, certs, api, upstream = parts
+    child = ChildProcess()
+    process = reactor.spawnProcess(
+        child, sys.executable,
+        twistd_command(
+            "smtpproxy", f"--listen=127.0.0.1:{port}", "--tohost=127.0.0.1",
+            f"--toport={upstream.port}", f"--api={api.url}", f"--tls_cert={certs.cert_path}",
+            f"--tls_key={certs.key_path}", "--hostname=proxy.test", *extra, **command),
+        env=twistd_environment(), path=directory,
+    )
+    case.addCleanup(lambda: child.ended.called or process.signalProcess("KILL"))
+    return process, child
+
+
 def free_port():
     """A loopback port nobody listens on right now (the child binds it a moment later)."""
     with socket.socket() as s:
