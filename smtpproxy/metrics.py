@@ -32,11 +32,17 @@ _SIZE = (1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 52428800)
 
 def outcome(reply, policy_denied=False):
     """
-    The outcome label for a message's final C{reply}.
+    The outcome label for a message's final C{reply}, the word its log line
+    starts with too.
 
+    @param reply: the L{replies.Reply} the client got, or L{None} for a
+        message that never got one: its client went away (or was cut off)
+        before the final dot.
     @param policy_denied: the policy API refused the message (its 550 or
         450), as opposed to a refusal from the upstream or a limit.
     """
+    if reply is None:
+        return "aborted"
     if reply.code == 250:
         return "delivered"
     if policy_denied:

@@ -269,11 +269,12 @@ class Message:
         metric for this message say so (as Postfix's "lost connection after
         DATA"), with how far it got and what the API had said by then.
         """
-        self.transaction.services.metrics.messages.labels("aborted").inc()
+        result = outcome(None)
+        self.transaction.services.metrics.messages.labels(result).inc()
         log.info(
-            "message aborted conn={conn} client={client} user={user!r} from=<{sender}> "
+            "message {result} conn={conn} client={client} user={user!r} from=<{sender}> "
             "rcpts={count} after={size} policy={policy} tls={tls} time={time:.0f}ms",
-            **self._fields(),
+            result=result, **self._fields(),
         )
         self._drop()
 

@@ -8,13 +8,15 @@ import base64
 import treq
 from twisted.internet import defer, reactor
 from twisted.protocols.tls import TLSMemoryBIOFactory
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import HTTPConnectionPool
 
 from tests.support.client import connect, submit
 from tests.support.loopback import listen_loopback
 from tests.support.stack import Stack
 from tests.test_end_to_end import MESSAGE
+from smtpproxy import replies
+from smtpproxy.metrics import OUTCOMES, outcome
 from smtpproxy.tap import _quiet_site
 
 
@@ -78,3 +80,22 @@ class MetricsTests(OperationsTestCase):
                                   pool=HTTPConnectionPool(reactor, persistent=False))
         yield response.content()
         self.assertEqual(response.code, 404)
+
+
+class OutcomeTests(SynchronousTestCase):
+    """One function names every message's outcome, for the metric and the log line."""
+
+    def test_each_outcome(self):
+        cases = [
+            ((replies.Reply(250, "2.0.0 Ok: queued"),), "delivered"),
+            ((replies.Reply(550, "5.7.1 not you"), True), "denied"),
+            ((replies.Reply(450, "4.7.1 later"), True), "denied"),
+            ((replies.POLICY_UNAVAILABLE,), "temp_failed"),
+            ((replies.Reply(554, "5.7.1 rejected"),), "refused_upstream"),
+            ((replies.MESSAGE_TOO_BIG,), "refused_limit"),
+            ((replies.BARE_LINE_END,), "invalid"),
+            ((None,), "aborted"),
+        ]
+        for arguments, expected in cases:
+            self.assertEqual(outcome(*arguments), expected, arguments)
+        self.assertEqual(set(OUTCOMES), {expected for _, expected in cases})
