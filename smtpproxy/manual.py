@@ -87,6 +87,14 @@ LINE ENDS
     command line ended by a bare LF gets 500 5.5.2, a message with one 550
     5.6.0.
 
+START-UP
+    A missing or unusable option (an --api or --auth_api that is no http://
+    or https:// URL, a certificate that does not load) or a listener
+    (--listen, --listen_tls, --metrics) that cannot be opened (in use, no
+    permission, no such port) stops the start with one line on stderr and
+    exit status 2, before the pid file, daemonizing or --user:
+        smtpproxy: --listen=0.0.0.0:587: cannot listen: Address already in use
+
 SIGNALS
     SIGTERM  stop listening, answer idle clients 421 4.3.2, finish the
              messages in flight (a client in the middle of DATA may send the
@@ -96,14 +104,32 @@ SIGNALS
              draining; a second SIGTERM (or SIGINT) ends the drain at once.
     SIGHUP   re-read --tls_cert and --tls_key for new connections; an
              unusable pair is logged and the old one kept.
-    SIGUSR1  reopen --logpath and --smtplog at their paths (log rotation).
+    SIGUSR1  reopen --logpath and --smtplog at their paths (log rotation);
+             with --user, in a directory that user can write, else an
+             error line says so and the old (renamed) file goes on.
+    After its last reply (221, 421) a connection is closed within 2 s even
+    if the client keeps its side (or its TLS) open, so SIGTERM with nothing
+    in flight exits within a few seconds whatever idle clients do.
 
 LOGS
-    --logpath gets one info line per message (client, user, sender, recipient
-    count, size, policy decision and latency, reply, time), one per login
-    checked with --auth_api, and a warning per address locked out.  --smtplog gets
-    every command and reply; AUTH data shows as [REDACTED] unless
-    --credentials is given.  No password is logged anywhere else.
+    --logpath gets one info line per message, starting with its outcome
+    (delivered, denied, temp_failed, refused_upstream, refused_limit,
+    invalid, as the metric counts them) and the connection number the
+    smtplog uses (conn=), then client, user, sender, recipient count, size,
+    policy decision and latency, TLS, reply and time.  A message whose client
+    went away (or was cut off) before the final dot has its line too:
+        message aborted conn=18 client=192.0.2.7 user='alice' ...
+            after=<bytes received> policy=<allow|deny|pending|-> ...
+    There is one line per login checked with --auth_api, a warning per
+    address locked out, one warning for a message that cannot be spooled (a
+    full disk: 451), and rate-limited summaries of refused connections and
+    failed TLS handshakes.  --smtplog gets every command and reply, the TLS
+    version and cipher, and how each connection ended; AUTH data shows as
+    [REDACTED] unless --credentials is given.  No password is logged
+    anywhere else.  Without --logpath, twistd's own --logfile or --syslog is
+    honoured.  Log files the proxy creates are 0640 whatever the umask, the
+    smtplog 0600 with --credentials.  With --user, give twistd a --pidfile
+    in a directory that user owns, or the pid file is left behind at exit.
 """
 
 
