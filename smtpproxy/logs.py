@@ -156,7 +156,24 @@ class LogFile:
         self._file.flush()
 
     def reopen(self):
-        """Continue in a file at C{path}; on OSError the current one stays."""
+        """
+        Continue in a file at C{path}; on OSError the current one stays.
+
+        A file still at its path is kept, not opened again: logrotate
+        leaves an empty log in place (C{notifempty}), and with C{--user}
+        the process could not open again a file root created at start.
+        """
+        if self._in_place():
+            return
         new = self._open()
         old, self._file = self._file, new
         old.close()
+
+    def _in_place(self):
+        """Whether C{path} still names the file being written."""
+        try:
+            here = os.stat(self.path)
+        except OSError:
+            return False
+        current = os.fstat(self._file.fileno())
+        return (here.st_dev, here.st_ino) == (current.st_dev, current.st_ino)

@@ -3,6 +3,7 @@ Tests for L{smtpproxy.logs}: the main log and the smtplog routing, and log
 files that SIGUSR1 reopens after logrotate moved them.
 """
 
+import errno
 import io
 import os
 import pwd
@@ -14,7 +15,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import ILogObserver, Logger, LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from smtpproxy.logs import LogFile, LogRouter, main_log
+from smtpproxy.logs import LogFile, LogRouter, main_log, reopen
 from smtpproxy.tap import ProxyService
 
 
@@ -53,6 +54,23 @@ class LogFileTests(SynchronousTestCase):
         log_file.flush()
         self.assertEqual(self.read(self.path + ".1"), "before\nstill the old file\n")
         self.assertEqual(self.read(self.path), "after\n")
+
+    def test_file_left_in_place_is_kept(self):
+        """
+        logrotate leaves an empty log where it is (notifempty): SIGUSR1 must
+        not open it again, which the --user could not do for a file root
+        created at start.
+        """
+        log_file = LogFile(self.path)
+        def refused(*arguments):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+        self.patch(os, "open", refused)
+        with capturedLogs() as events:
+            reopen([log_file], "nobody")
+        self.assertEqual([formatEvent(e) for e in events], ["log files reopened"])
+        log_file.write("still here\n")
+        log_file.flush()
+        self.assertEqual(self.read(self.path), "still here\n")
 
     def test_service_reopens_and_survives_a_failure(self):
         """
