@@ -153,6 +153,7 @@ class HeaderReader:
         self._kind = None  # its kind, once known
         self._name_end = None  # the end of its field name, once known
         self._pos = 0  # how far it has been read
+        self._scanned = 0  # how far a leading From line was searched for its end
 
     def feed(self, data):
         """
@@ -199,8 +200,9 @@ class HeaderReader:
         start = bytes(self._buf[:len(_ENVELOPE)])
         if not _ENVELOPE.startswith(start):
             return True
-        eol = self._buf.find(b"\r\n")
+        eol = self._buf.find(b"\r\n", self._scanned)
         if len(start) < len(_ENVELOPE) or eol < 0:
+            self._scanned = max(len(self._buf) - 1, 0)  # a line fed byte by byte is read once
             return False
         self.envelope_line = bytes(self._buf[:eol + 2])
         del self._buf[:eol + 2]

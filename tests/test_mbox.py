@@ -47,6 +47,30 @@ class ReaderTests(SynchronousTestCase):
         self.assertIsNone(reader.feed(ENVELOPE))
         self.assertEqual(reader.finish().fields, ())
 
+    def test_line_dribbled_byte_by_byte_is_searched_once(self):
+        """
+        A client sending a long From line in one-byte pieces (TLS records)
+        must not make every piece search the whole line again: 128 KiB so
+        sent took 10 s of the reactor.
+        """
+        reader = HeaderReader(1 << 17)
+        reader._buf = _CountingBuffer()
+        for byte in b"From " + b"x" * 20000 + b"\r\nSubject: x\r\n\r\nbody":
+            if reader.feed(bytes([byte])) is not None:
+                break
+        self.assertEqual([f.name for f in reader.block.fields], [b"Subject"])
+        self.assertLess(_CountingBuffer.searched, 3 * 20000)
+
+
+class _CountingBuffer(bytearray):
+    """A reader's buffer that counts the bytes its line-end searches look at."""
+
+    searched = 0
+
+    def find(self, sub, start=0, *end):
+        _CountingBuffer.searched += len(self) - start
+        return super().find(sub, start, *end)
+
 
 class EndToEndTests(TestCase):
     @defer.inlineCallbacks
