@@ -137,7 +137,8 @@ class HeaderReader:
     is no header field (no colon), it names nothing the envelope does not,
     and kept in front of the block, an upstream that reads it as the end of
     the headers (as this reader would) would see a different block than the
-    API did.
+    API did.  It counts toward C{max_size}, so it cannot double what one
+    message may hold.
 
     @ivar envelope_line: the dropped line, or L{None}.
     """
@@ -170,7 +171,7 @@ class HeaderReader:
             return None
         kind = self._advance()
         extent = self._pos if kind is _Line.END else len(self._buf)
-        if extent > self.max_size:
+        if extent + len(self.envelope_line or b"") > self.max_size:
             raise HeaderTooLarge(f"header block over {self.max_size} bytes")
         if kind is None:
             return None

@@ -7,7 +7,7 @@ for the API and upstream (issue 13).
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from smtpproxy.headers import HeaderReader
+from smtpproxy.headers import HeaderReader, HeaderTooLarge
 from tests.support.stack import Stack
 from tests.test_end_to_end import MESSAGE
 
@@ -46,6 +46,13 @@ class ReaderTests(SynchronousTestCase):
         reader = HeaderReader(1024)
         self.assertIsNone(reader.feed(ENVELOPE))
         self.assertEqual(reader.finish().fields, ())
+
+    def test_line_counts_toward_the_limit(self):
+        """The dropped line and the block after it are one header block in size."""
+        fields = len(MESSAGE.split(b"\r\n\r\n")[0]) + 2
+        with self.assertRaises(HeaderTooLarge):
+            HeaderReader(len(ENVELOPE) + fields - 1).feed(ENVELOPE + MESSAGE)
+        self.assertIsNotNone(HeaderReader(len(ENVELOPE) + fields).feed(ENVELOPE + MESSAGE))
 
     def test_line_dribbled_byte_by_byte_is_searched_once(self):
         """
