@@ -333,6 +333,43 @@ class TwistdTests(TestCase):
                          sorted((f"rcpt{n}@example.net",) for n in range(HELD)))
 
     @defer.inlineCallbacks
+    def test_signals_during_traffic_lose_nothing_and_double_nothing(self):
+        """
+        A small soak with signals: SIGHUP and SIGUSR1 sent while batches of
+        messages flow, then SIGTERM in the middle of the last batch, with
+        SIGHUP and SIGUSR1 during the drain.  Every client that heard 250
+        has its message upstream exactly once; every other one has none.
+        """
+        twistd = yield self.start()
+        tls = client_options(self.certs)
+        results = {}
+
+        def send(n):
+            sent = send_mail(reactor, self.port, tls, USER, PASSWORD, "alice@example.com",
+                             [f"rcpt{n}@example.net"], MESSAGE)
+            return sent.addBoth(lambda result: results.__setitem__(n, result))
+
+        for batch in range(5):
+            sending = [send(batch * 10 + n) for n in range(10)]
+            self.process.signalProcess("HUP")
+            self.process.signalProcess(signal.SIGUSR1)
+            yield defer.gatherResults(sending)
+        last = [send(50 + n) for n in range(10)]
+        self.process.signalProcess("TERM")
+        yield twistd.logged("draining:")
+        self.process.signalProcess("HUP")
+        self.process.signalProcess(signal.SIGUSR1)
+        yield defer.gatherResults(last)
+        ended = yield twistd.ended
+        self.assertIsInstance(ended, ProcessDone, twistd.log)
+        delivered = [m.recipients[0] for m in self.upstream.messages]
+        self.assertEqual(len(delivered), len(set(delivered)), "a message went twice")
+        accepted = {f"rcpt{n}@example.net" for n, result in results.items()
+                    if getattr(result, "code", None) == 250}
+        self.assertEqual(set(delivered), accepted)
+        self.assertGreaterEqual(len(accepted), 50)
+
+    @defer.inlineCallbacks
     def test_drain_timeout_spares_a_message_whose_final_dot_went_upstream(self):
         """
         The upstream answers the final dot after the drain timeout, within its own: that
