@@ -54,6 +54,26 @@ LOGIN CHECK (--auth_api, recommended)
     Without it, AUTH takes any well-formed login and the API judges the
     password with each message (550 after DATA).
 
+ESMTP EXTENSIONS
+    Inside TLS the proxy offers DSN and SMTPUTF8 while the upstream does, and
+    SIZE no larger than the upstream's; it learns the upstream's EHLO at start
+    and from every conversation with it.  MAIL takes SIZE, BODY, AUTH=<> or
+    AUTH=<xtext address>, and where offered RET, ENVID and SMTPUTF8; RCPT
+    takes NOTIFY and ORCPT where DSN is offered.  Each goes upstream as the
+    client wrote it where the upstream offers it (AUTH= only to an upstream
+    the proxy logged in to); the API sees them as "mailParameters" and
+    "rcptParameters", and may answer an "authId" for the log line.
+    451 4.6.7                     SMTPUTF8 mail while the upstream no longer
+                                  offers SMTPUTF8
+    553 5.6.7                     a non-ASCII address without SMTPUTF8
+    With --upstream_xclient, an upstream that offers XCLIENT is told the real
+    client (address, port, HELO, login) before each message.
+
+HEALTH
+    With --metrics, GET /healthz is 200 while the process runs, and GET
+    /readyz is 200, or 503 with the reasons while draining or while the
+    upstream or a policy API failed the last check (every 5 s).
+
 REPLIES AFTER THE FINAL DOT
     250 2.0.0 <upstream text>     the upstream accepted the message
     550 5.7.1 <reason>            the API refused the message
