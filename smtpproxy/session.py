@@ -464,6 +464,9 @@ class ProxySession(smtp.ESMTP):
         self._resume(reply)
 
     def _message_done(self, reply):
+        """The message's outcome; the API's C{authId} for it goes into the transcript too."""
+        if self._pending.auth_id is not None:
+            self._log_input(f"[policy authId {self._pending.auth_id}]")
         self._pending = None
         self._resume(reply)
 

@@ -17,10 +17,11 @@ ALL = ("DSN", "SMTPUTF8", "SIZE 200000", "8BITMIME")
 
 class ESMTPTestCase(TestCase):
     offers = ALL
+    config = {}
 
     @defer.inlineCallbacks
     def setUp(self):
-        self.stack = Stack(reactor, self.mktemp(), upstream_offers=self.offers)
+        self.stack = Stack(reactor, self.mktemp(), upstream_offers=self.offers, **self.config)
         self.addCleanup(self.stack.close)
         self.upstream = self.stack.upstream
         yield self.stack.ready()
@@ -218,6 +219,7 @@ class AddressTests(ESMTPTestCase):
 
 
 class AuthIdTests(ESMTPTestCase):
+    config = {"transcript": True}
     @defer.inlineCallbacks
     def test_auth_id_in_the_log_line(self):
         self.stack.api.answer = lambda request: {"allow": True, "authId": "rec-4711"}
@@ -226,6 +228,8 @@ class AuthIdTests(ESMTPTestCase):
         self.assertEqual(reply.code, 250)
         (line,) = [formatEvent(e) for e in logged if formatEvent(e).startswith("message delivered")]
         self.assertIn("auth_id='rec-4711'", line)
+        transcript = [formatEvent(e) for e in logged if e["log_namespace"] == "smtpproxy.smtp"]
+        self.assertIn("[policy authId rec-4711]", " ".join(transcript))
 
     @defer.inlineCallbacks
     def test_auth_id_of_another_type_makes_the_answer_invalid(self):
