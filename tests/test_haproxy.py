@@ -76,7 +76,7 @@ class ProxyProtocolTests(TestCase):
         client.send(b"EHLO not-a-proxy-header\r\n")
         yield client.wait_closed()
         self.assertEqual(client.received, b"")
-        self.assertEqual(self.stack.factory.metrics.connections_total._value.get(), 0)
+        self.assertEqual(self.stack.factory.metrics.registry.get_sample_value("smtpproxy_connections_total"), 0)
 
     @defer.inlineCallbacks
     def test_no_header_times_out(self):

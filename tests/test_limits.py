@@ -161,7 +161,7 @@ class ConnectionLimitTests(TestCase):
                 client.close()
 
         yield defer.gatherResults([reconnecting(3) for _ in range(45)])
-        self.assertEqual(stack.factory.metrics.connections_total._value.get(), 135)
+        self.assertEqual(stack.factory.metrics.registry.get_sample_value("smtpproxy_connections_total"), 135)
 
 
 class RefusedSessionTests(SessionTestCase):

@@ -116,9 +116,10 @@ class LockoutTests(TestCase):
                          ["locking out 127.0.0.1 for 300 s after 3 failed logins"])
         self.assertNotIn("guess", " ".join(lines))
         metrics = self.stack.factory.metrics
-        self.assertEqual(metrics.lockouts._value.get(), 1)
-        self.assertEqual(metrics.connections_refused.labels("max_auth_failures")._value.get(), 1)
-        self.assertEqual([metrics.logins.labels(r)._value.get() for r in ("invalid", "locked_out")],
+        sample = metrics.registry.get_sample_value
+        self.assertEqual(sample("smtpproxy_auth_lockouts_total"), 1)
+        self.assertEqual(sample("smtpproxy_connections_refused_total", {"limit": "max_auth_failures"}), 1)
+        self.assertEqual([sample("smtpproxy_logins_total", {"result": r}) for r in ("invalid", "locked_out")],
                          [2, 3])
         # Another address is not affected.
         other = yield self.session("127.0.0.2")

@@ -146,7 +146,8 @@ class TroubleTests(LoginCheckTestCase):
         self.assertEqual((yield self.auth(client)), TEMPORARY)
         self.stack.auth_api.answer = by_password
         self.assertEqual((yield self.auth(client)), AUTH_OK)
-        self.assertEqual(self.stack.factory.metrics.logins.labels("temp_failed")._value.get(), 1)
+        self.assertEqual(self.stack.factory.metrics.registry.get_sample_value(
+            "smtpproxy_logins_total", {"result": "temp_failed"}), 1)
 
     def test_temporary(self):
         return self.assertTemporary(lambda r: {"allow": False, "temporary": True})

@@ -190,7 +190,8 @@ class MessageLineTests(SessionTestCase):
         (line,) = self.message_lines(events)
         self.assertRegex(line, r"^message aborted conn=1 client=192\.168\.1\.1 user='alice' "
                                r"from=<alice@example\.com> rcpts=1 after=\d+ policy=allow ")
-        self.assertEqual(self.factory.metrics.messages.labels("aborted")._value.get(), 1)
+        self.assertEqual(self.factory.metrics.registry.get_sample_value(
+            "smtpproxy_messages_total", {"outcome": "aborted"}), 1)
         self.assertEqual(self.factory.deliveries, [])
 
     def test_full_spool_is_one_warning_and_451(self):
