@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_answer -*-
 """
 Pure: the policy API's request object (docs/protocol.rst section 3) and the validation of
 its answer (docs/protocol.rst section 4).

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_auth -*-
 """
 Pure: decoding of AUTH PLAIN and AUTH LOGIN (RFC 4954, RFC 4616).
 

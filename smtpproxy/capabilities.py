@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_esmtp -*-
 """
 What the upstream offers, as the proxy last saw it in the upstream's EHLO.
 

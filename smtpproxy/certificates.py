@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_support -*-
 """
 Throw-away TLS material: a private CA and a server certificate it signed.
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_commands -*-
 """
 Pure: parsing of SMTP command lines and of the MAIL and RCPT arguments.
 

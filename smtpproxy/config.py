@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_tap -*-
 """
 The proxy's configuration as immutable value objects.
 

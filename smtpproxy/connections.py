@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_limits -*-
 """
 Connection limits (C{--max_connections}, C{--max_connections_per_ip}).
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_demo -*-
 """
 The proxy on an embedded default: ``python3 dev.py demo``.
 

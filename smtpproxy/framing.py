@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_framing -*-
 """
 Pure: cut the client's byte stream into command lines and message data.
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_haproxy -*-
 """
 The PROXY protocol (HAProxy v1/v2) in front of the proxy's sessions.
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_headers -*-
 """
 Pure: the header block at the start of a message, read and rewritten in
 SMTP wire form.

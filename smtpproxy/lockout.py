@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_lockout -*-
 """
 Pure: authentication failures per client address (C{--max_auth_failures}
 within C{--auth_failure_window}), so that guessing passwords costs the

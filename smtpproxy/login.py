@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_login -*-
 """
 Pure: the login check at AUTH (C{--auth_api}): its request and the
 validation of its answer.

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_logs -*-
 """
 Where log events go: the main log and the SMTP transcript (C{--smtplog}).
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_tap -*-
 """
 The text C{--man} prints: what the proxy does, then every option.
 

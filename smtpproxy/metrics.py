@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_operations -*-
 """
 Prometheus metrics (docs/protocol.rst section 6, C{--metrics=ADDR}).
 

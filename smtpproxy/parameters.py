@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_parameters -*-
 """
 Pure: the ESMTP parameters of MAIL and RCPT, checked on the way in and
 chosen on the way out.

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_policy -*-
 """
 The policy API client: one POST per message (docs/protocol.rst section 3), the answer
 judged by L{smtpproxy.answer}, and, with C{--auth_api}, one POST per login,

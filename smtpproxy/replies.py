@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_replies -*-
 """
 Pure: the SMTP replies the proxy sends, and the rules for building them.
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_limits -*-
 """
 Log lines about events that come in floods (connections refused at a limit,
 failed TLS handshakes): the first one at once, then at most one line per

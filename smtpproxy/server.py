@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_end_to_end -*-
 """
 The SMTP server factory: what a listening endpoint needs to serve the proxy.
 

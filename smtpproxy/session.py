@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_session -*-
 """
 The client side: one L{ProxySession} per connection.
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_startup -*-
 """
 Start-up checks that stop the process: one line on stderr naming the option
 and the cause, a non-zero exit, and nothing left running.

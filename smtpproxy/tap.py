@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_tap -*-
 """
 The twistd plugin's options and service: C{twistd -n smtpproxy --listen ...}.
 
@@ -425,10 +426,18 @@ class ProxyService(MultiService):
         return stopped.addBoth(self._release_signals)
 
     def _release_signals(self, result):
-        """Give the signals back once the drain is over (an embedding application's)."""
+        """
+        Give the signals back once the drain is over (an embedding
+        application's).  A SIGHUP or SIGUSR1 whose previous action was the
+        default one (which ends the process) is ignored instead: a certbot
+        hook or logrotate signalling between the drain's end and the exit
+        must not turn a clean stop into death by signal.
+        """
         if self._catching:
             self._catching = False
             for number, previous in self._previous.items():
+                if number in (signal.SIGHUP, signal.SIGUSR1) and previous == signal.SIG_DFL:
+                    previous = signal.SIG_IGN
                 signal.signal(number, previous)
         return result
 

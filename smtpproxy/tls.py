@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_reload -*-
 """
 TLS material read from PEM files: the server's context for STARTTLS, and
 the trust roots that verify the servers the proxy connects to.

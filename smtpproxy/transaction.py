@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_session -*-
 """
 One mail transaction, from MAIL FROM to the reply after the final dot.
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_upstream -*-
 """
 Deliver one allowed message to the upstream SMTP server and turn what
 happened into the client's final reply (docs/protocol.rst section 5).

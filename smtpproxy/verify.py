@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_verify -*-
 """
 Recipients judged at RCPT time (C{--verify_recipients}).
 

@@ -354,11 +354,14 @@ class TwistdTests(TestCase):
             self.process.signalProcess("HUP")
             self.process.signalProcess(signal.SIGUSR1)
             yield defer.gatherResults(sending)
+        held = self.upstream.stall(END_OF_DATA)
         last = [send(50 + n) for n in range(10)]
+        yield held  # so the drain has a message to wait for while it is signalled
         self.process.signalProcess("TERM")
         yield twistd.logged("draining:")
         self.process.signalProcess("HUP")
         self.process.signalProcess(signal.SIGUSR1)
+        self.upstream.release()
         yield defer.gatherResults(last)
         ended = yield twistd.ended
         self.assertIsInstance(ended, ProcessDone, twistd.log)

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_refapi -*-
 """
 Pure: the reference API's answer (docs/protocol.rst section 4) to one
 request (docs/protocol.rst section 3), given the account whose password matched; and its answer to a

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_refapi -*-
 """
 Recently verified logins, so that a login checked at AUTH and the
 messages sent right after it cost one scrypt, not one each.

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_refapi -*-
 """
 Password hashes for the policy file: scrypt from the standard library, in
 one self-describing line C{scrypt$n$r$p$salt$hash} (salt and hash in

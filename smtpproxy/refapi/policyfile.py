@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_refapi -*-
 """
 The policy file (TOML), read once at start and on each reload into frozen
 values, so that every mistake in it is found before it can answer a request

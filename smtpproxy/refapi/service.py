@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_refapi -*-
 """
 The reference API as a twistd plugin:
 C{twistd -n smtpproxy-refapi --policy=policy.toml [--listen=tcp:8025:interface=127.0.0.1]}.

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_refapi -*-
 """
 The reference API over twisted.web: POST a docs/protocol.rst section 3 request to any
 path, get the docs/protocol.rst section 4 answer; POST a login check (C{--auth_api}: a
