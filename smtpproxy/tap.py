@@ -42,6 +42,9 @@ BACKLOG = 511
 _LISTEN_TLS = re.compile(r"^--listen_tls(?==|$)")
 _IPV6_PORT = re.compile(r"^\[([0-9A-Fa-f:.]+)\]:(\d+)$")
 
+_POSITIVE = ("api_connections", "api_queue", "header_memory")
+"""Options that cannot be 0: no API request, or no message, could ever pass."""
+
 _defaults = Limits()
 _policy = Policy("")
 
@@ -249,6 +252,9 @@ class Options(usage.Options):
             check_http_url("auth_api", self["auth_api"])
         if self["loglevel"] not in LEVELS:
             fail(f"--loglevel must be one of {', '.join(LEVELS)}")
+        for name in _POSITIVE:
+            if self[name] < 1:
+                fail(f"--{name} must be at least 1 (not {self[name]})")
         if self["bare_lf"] not in BARE_LF:
             fail(f"--bare_lf must be one of {', '.join(BARE_LF)}")
         if self["user"] is not None:

@@ -165,6 +165,16 @@ class OptionsTests(SynchronousTestCase):
         line, _ = self.failure(self.arguments(loglevel="loud"))
         self.assertIn("--loglevel must be one of debug, info, warn, error, fatal", line)
 
+    def test_counts_that_cannot_be_zero(self):
+        """No API request, or no message, could ever pass: a start-up error, one line each."""
+        for name in ("api_connections", "api_queue", "header_memory"):
+            for value in (0, -1):
+                self.stderr.truncate(0)
+                self.stderr.seek(0)
+                line, code = self.failure(self.arguments(**{name: value}))
+                self.assertEqual(line, f"smtpproxy: --{name} must be at least 1 (not {value})\n")
+                self.assertEqual(code, 2)
+
     def test_unknown_user(self):
         line, _ = self.failure(self.arguments(user="no-such-user-here"))
         self.assertEqual(line, "smtpproxy: --user: no such user no-such-user-here\n")
