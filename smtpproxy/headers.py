@@ -276,26 +276,44 @@ class HeaderReader:
         self._buf = self._fields = self._field = None
 
 
+UNCOUNTED = 8192
+"""
+The first bytes of each header block that L{Budget} does not count.  Real
+header blocks are a few KiB, so clients that fill the budget with blocks
+that never end do not refuse everybody else's mail; what that adds is
+bounded too: C{--max_connections} times this (8 MiB at the defaults).
+"""
+
+
 class Budget:
     """
     The bytes of header data all messages may hold in memory at once
     (C{--header_memory}): a header block is held whole until the policy
     API is asked, so without a global bound many clients that never end
     theirs could make the proxy hold C{--max_connections} times
-    C{--max_header_size}.
+    C{--max_header_size}.  The first L{UNCOUNTED} bytes of each block are
+    free.
     """
 
     def __init__(self, limit):
         self.limit = limit
         self.used = 0
 
-    def take(self, size):
-        """Hold C{size} more bytes if the budget allows it; whether it did."""
-        if self.used + size > self.limit:
+    def take(self, held, size):
+        """
+        A block holding C{held} bytes grows by C{size}: whether the budget
+        allows it (and then counts it).
+        """
+        counted = _counted(held + size) - _counted(held)
+        if self.used + counted > self.limit:
             return False
-        self.used += size
+        self.used += counted
         return True
 
-    def give(self, size):
-        """C{size} bytes held are freed."""
-        self.used -= size
+    def give(self, held):
+        """A block that held C{held} bytes is gone."""
+        self.used -= _counted(held)
+
+
+def _counted(held):
+    return max(0, held - UNCOUNTED)

@@ -87,6 +87,7 @@ REPLIES AFTER THE FINAL DOT
                                   --bare_lf=reject, a bare LF)
     552 5.3.4                     the message or its header block was too big
     452 4.3.1                     header blocks in memory reached --header_memory
+                                  (the first 8 KiB of each block are free)
 
 RECIPIENT CHECKS (--verify_recipients)
     Each RCPT is put to the upstream at once (MAIL FROM with the client's

@@ -151,7 +151,7 @@ class Message:
             self.refuse(replies.MESSAGE_TOO_BIG)
             return
         if self._block is None:
-            if not self._budget.take(len(data)):
+            if not self._budget.take(self._held, len(data)):
                 log.warn("header memory (--header_memory={limit}) full: message refused",
                          limit=self._budget.limit)
                 self.refuse(replies.HEADER_MEMORY)

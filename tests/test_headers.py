@@ -9,7 +9,7 @@ import tracemalloc
 from hypothesis import given, settings, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from smtpproxy.headers import Field, HeaderBlock, HeaderReader, HeaderTooLarge
+from smtpproxy.headers import UNCOUNTED, Budget, Field, HeaderBlock, HeaderReader, HeaderTooLarge
 
 
 def read(data, max_size=1 << 20):
@@ -440,3 +440,15 @@ class HeaderMemoryTests(SynchronousTestCase):
         finally:
             tracemalloc.stop()
         self.assertLess(held, 1.5 * 1024 * 1024)
+
+
+class BudgetTests(SynchronousTestCase):
+    def test_the_first_bytes_of_each_block_are_free(self):
+        budget = Budget(1000)
+        self.assertTrue(budget.take(0, UNCOUNTED))
+        self.assertEqual(budget.used, 0)
+        self.assertTrue(budget.take(UNCOUNTED, 1000))
+        self.assertFalse(budget.take(UNCOUNTED + 1000, 1))
+        self.assertTrue(budget.take(0, UNCOUNTED))  # another block's first bytes
+        budget.give(UNCOUNTED + 1000)
+        self.assertEqual(budget.used, 0)
