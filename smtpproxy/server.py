@@ -54,6 +54,7 @@ class ProxyFactory(smtp.SMTPFactory):
             config.limits.max_auth_failures, config.limits.auth_failure_window, reactor)
         self.handshake_failures = FloodReport(reactor, log_handshake_failures)
         self.descriptor_shortage = FloodReport(reactor, partial(log_shortage, log))
+        self.header_memory_refusals = FloodReport(reactor, self._log_header_memory)
         self.capabilities = UpstreamCapabilities(reactor, self._probe)
         self.draining = False
         self._numbers = itertools.count(1)
@@ -254,12 +255,24 @@ class ProxyFactory(smtp.SMTPFactory):
         self.connections.refusals.stop()
         self.handshake_failures.stop()
         self.descriptor_shortage.stop()
+        self.header_memory_refusals.stop()
         return self.policy.close()
 
     def descriptors_exhausted(self, client):
         """A client met a full descriptor table (L{smtpproxy.descriptors.guard})."""
         self.metrics.connections_refused.labels("descriptors").inc()
         self.descriptor_shortage.add("accept", client)
+
+    def header_memory_full(self, client):
+        """A message met a full C{--header_memory}: counted into one line a minute."""
+        self.header_memory_refusals.add("refused", client)
+
+    def _log_header_memory(self, counts, last):
+        log.warn(
+            "header memory (--header_memory={limit}) full: {count} message(s) refused with "
+            "452 4.3.1, the last from {last}",
+            limit=self.config.limits.header_memory, count=counts["refused"], last=last,
+        )
 
     def no_descriptor_to_connect(self, peer):
         """A connection to C{peer} (the API, the upstream) failed for want of a descriptor."""

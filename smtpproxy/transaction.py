@@ -152,8 +152,7 @@ class Message:
             return
         if self._block is None:
             if not self._budget.take(self._held, len(data)):
-                log.warn("header memory (--header_memory={limit}) full: message refused",
-                         limit=self._budget.limit)
+                self.transaction.services.header_memory_full(self.transaction.client)
                 self.refuse(replies.HEADER_MEMORY)
                 return
             self._held += len(data)

@@ -120,9 +120,13 @@ class _Held(Protocol):
         self.factory.open.append(self)
 
     def dataReceived(self, data):
-        self.answer = self.answer or data
+        if not self.answer:
+            self.answer = data
+            self.factory.heard()
 
     def connectionLost(self, reason):
+        if not self.answer:
+            self.factory.heard()
         self.factory.answers.append(self.answer)
 
 
@@ -135,7 +139,14 @@ class _Clients(ClientFactory):
         self.answers = []
         self.open = []
         self.done = defer.Deferred()
-        self._count = count
+        self.all_heard = defer.Deferred()
+        self._count = self._unheard = count
+
+    def heard(self):
+        """A client got its first bytes, or its end."""
+        self._unheard -= 1
+        if self._unheard == 0:
+            self.all_heard.callback(None)
 
     def close(self):
         for client in self.open:
@@ -146,6 +157,7 @@ class _Clients(ClientFactory):
 
     def clientConnectionFailed(self, connector, reason):
         self.answers.append(b"")
+        self.heard()
         self._ended()
 
     def _ended(self):
@@ -176,6 +188,7 @@ class LowLimitTests(TestCase):
                                   pool=HTTPConnectionPool(reactor, persistent=False))
         body = yield response.text()
         self.assertIn('smtpproxy_connections_refused_total{limit="descriptors"}', body)
+        yield held.all_heard
         held.close()
         answers = yield held.done
         process.signalProcess("TERM")
