@@ -95,6 +95,14 @@ class Upstream:
     @ivar xclient: tell an upstream that offers XCLIENT (Postfix with
         C{smtpd_authorized_xclient_hosts}) who the real client is, so its
         logs and per-client controls see that client, not the proxy.
+    @ivar pool_idle: connections kept idle for the next message
+        (L{smtpproxy.pool}); 0 closes each after its message.
+    @ivar pool_timeout: seconds a kept connection may stay idle before
+        QUIT: well below the 300 s an SMTP server waits for a command
+        (RFC 5321 section 4.5.3.2.7), so the upstream rarely closes one
+        just as it is used.
+    @ivar pool_messages: messages one connection carries before QUIT, so
+        that an upstream's per-connection limits and logs stay sane.
     @ivar client_tls: derived: the client TLS context for every delivery,
         built once so the trust store is not loaded again for each message.
     """
@@ -109,6 +117,9 @@ class Upstream:
     password: str | None = field(default=None, repr=False)
     tls_policy: TLSPolicy = field(factory=TLSPolicy, repr=False)
     xclient: bool = False
+    pool_idle: int = 16
+    pool_timeout: float = 30
+    pool_messages: int = 100
     client_tls: object = field(init=False, repr=False, eq=False)
 
     @client_tls.default

@@ -93,6 +93,14 @@ class Metrics:
         self.upstream_latency = Histogram(
             "smtpproxy_upstream_latency_seconds", "Upstream deliveries, connect to reply.",
             buckets=_LATENCY, registry=self.registry)
+        self.upstream_connections = Counter(
+            "smtpproxy_upstream_connections",
+            "Upstream connections opened for messages (kept ones carry several).",
+            registry=self.registry)
+        self.upstream_idle = Gauge(
+            "smtpproxy_upstream_idle_connections",
+            "Upstream connections kept idle for the next message now.",
+            registry=self.registry)
         self.message_size = Histogram(
             "smtpproxy_message_size_bytes", "Size of messages received.",
             buckets=_SIZE, registry=self.registry)

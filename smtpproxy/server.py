@@ -12,7 +12,7 @@ use it through L{build_factory}.
 import itertools
 from functools import partial
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
 from twisted.mail import smtp
 
@@ -25,6 +25,7 @@ from smtpproxy.lockout import FailureTable
 from smtpproxy.login import build_login_request
 from smtpproxy.metrics import Metrics, login_result
 from smtpproxy.policy import PolicyClient
+from smtpproxy.pool import Pool
 from smtpproxy.reports import FloodReport
 from smtpproxy.session import ProxySession
 from smtpproxy.tls import log_handshake_failures
@@ -56,6 +57,8 @@ class ProxyFactory(smtp.SMTPFactory):
         self.descriptor_shortage = FloodReport(reactor, partial(log_shortage, log))
         self.header_memory_refusals = FloodReport(reactor, self._log_header_memory)
         self.capabilities = UpstreamCapabilities(reactor, self._probe)
+        self.pool = Pool(reactor, config.upstream, config.hostname, self.capabilities.learn,
+                         self.no_descriptor_to_connect, self.metrics)
         self.draining = False
         self._numbers = itertools.count(1)
         self._sessions = set()
@@ -231,12 +234,8 @@ class ProxyFactory(smtp.SMTPFactory):
         C{client} is the real client's XCLIENT attributes (C{--upstream_xclient}).
         """
         started = self.reactor.seconds()
-        delivered = upstream.deliver(
-            self.reactor, self.config.upstream, self.config.hostname,
-            sender, recipients, data, mail_parameters, rcpt_parameters,
-            learn=self.capabilities.learn, exhausted=self.no_descriptor_to_connect,
-            client=client,
-        )
+        delivered = self.pool.deliver(
+            sender, recipients, data, mail_parameters, rcpt_parameters, client=client)
         return delivered.addCallback(self._timed, started)
 
     def _timed(self, reply, started):
@@ -249,14 +248,14 @@ class ProxyFactory(smtp.SMTPFactory):
 
     def close(self):
         """
-        Release shared resources (the API's connection pool, the log
-        summaries' timers, after their last lines): a Deferred.
+        Release shared resources (the upstream and API connection pools,
+        the log summaries' timers, after their last lines): a Deferred.
         """
         self.connections.refusals.stop()
         self.handshake_failures.stop()
         self.descriptor_shortage.stop()
         self.header_memory_refusals.stop()
-        return self.policy.close()
+        return DeferredList([self.pool.close(), self.policy.close()])
 
     def descriptors_exhausted(self, client):
         """A client met a full descriptor table (L{smtpproxy.descriptors.guard})."""

@@ -81,6 +81,8 @@ class Fault:
         L{GARBAGE} at random.
     @ivar refusal: the upstream's reply to the message's RCPT, or None to accept it.
     @ivar script: the upstream's L{Script} for the message after its RCPT.
+    @ivar closing: the upstream answers the message's MAIL FROM with 421 and hangs up, if
+        the proxy sends it on a connection kept from an earlier message.
     @ivar reply: the client's reply to the final dot, code and text; a text ending in a
         space is a prefix (the queue id follows).
     """
@@ -89,6 +91,7 @@ class Fault:
     answer: object = allow
     refusal: tuple = None
     script: Script = None
+    closing: bool = False
     reply: tuple = (250, "2.0.0 Ok: queued as ")
 
     @property
@@ -118,6 +121,8 @@ FAULTS = [
     Fault("upstream drop after dot", script=Script(drop_after_data=True), reply=UNAVAILABLE),
     Fault("upstream stall at DATA", script=Script(stall="DATA"), reply=UNAVAILABLE),
     Fault("upstream stall after dot", script=Script(stall=END_OF_DATA), reply=UNAVAILABLE),
+    Fault("upstream hangs up once idle", script=Script(hang_up_after=True)),
+    Fault("upstream 421 at a kept connection's MAIL", closing=True),
 ]
 WEIGHTS = [6] + [1] * (len(FAULTS) - 1)  # a third of the messages meet no fault
 
@@ -136,6 +141,11 @@ class Planned:
     @property
     def recipient(self):
         return f"m{self.number:06d}@example.net"
+
+    @property
+    def sender(self):
+        """Its own sender where the upstream must know the message at MAIL FROM."""
+        return f"m{self.number:06d}@senders.test" if self.fault.closing else "alice@example.com"
 
 
 def plan(rng, count):
@@ -179,7 +189,8 @@ class FaultInjectionTests(TestCase):
 
     def setUp(self):
         self.seed = int(os.environ.get("SMTPPROXY_SEED", random.randrange(2**32)))
-        self.stack = Stack(reactor, self.mktemp(), api_timeout=TIMEOUT, upstream_timeout=TIMEOUT)
+        self.stack = Stack(reactor, self.mktemp(), api_timeout=TIMEOUT, upstream_timeout=TIMEOUT,
+                           upstream_offers=("PIPELINING",))
         self.addCleanup(self.stack.close)
 
     @defer.inlineCallbacks
@@ -192,8 +203,11 @@ class FaultInjectionTests(TestCase):
                 self.stack.upstream.rcpt_refusals[message.recipient] = message.fault.refusal
             if message.fault.script is not None:
                 self.stack.upstream.scripts[message.recipient] = message.fault.script
+            if message.fault.closing:
+                self.stack.upstream.closing_senders.add(message.sender)
         self.stack.api.answer = lambda request: by_recipient[request["to"][0]].api_answer
 
+        yield self.stack.ready()
         started, opened = time.monotonic(), len(connections)
         yield defer.gatherResults([self.client(connections) for _ in range(CLIENTS)])
         seconds = time.monotonic() - started
@@ -203,6 +217,13 @@ class FaultInjectionTests(TestCase):
         drops = sum(1 for m in messages if m.fault.outcome == DUPLICATE)
         self.assertEqual(counts[DUPLICATE], drops)
         self.assertEqual(sum(counts.values()), len(messages))
+        closing = sum(1 for m in messages if m.fault.closing)
+        fired = closing - len(self.stack.upstream.closing_senders)
+        print(f"  upstream: {self.stack.upstream.connections} connections for "
+              f"{len(self.stack.upstream.messages)} messages; 421 at MAIL on a kept "
+              f"connection {fired} of {closing} times")
+        if closing >= 5:
+            self.assertGreater(fired, 0, "no 421 met a kept connection: is the pool in play?")
 
     @defer.inlineCallbacks
     def client(self, connections):
@@ -212,7 +233,7 @@ class FaultInjectionTests(TestCase):
             session = yield self.stack.session()
             for message in batch:
                 message.reply = yield submit(
-                    session, b"alice@example.com", message.recipient.encode(), message.content
+                    session, message.sender.encode(), message.recipient.encode(), message.content
                 )
             yield session.command(b"QUIT", expect=221)
             yield session.close()
@@ -247,7 +268,7 @@ class FaultInjectionTests(TestCase):
         matches = reply.text == text or (text.endswith(" ") and reply.text.startswith(text))
         if reply.code != code or not matches:
             return None, f"expected {code} {text!r}"
-        exact = [c for c in copies if c.data == message.expected and c.sender == "alice@example.com"]
+        exact = [c for c in copies if c.data == message.expected and c.sender == message.sender]
         if reply.code == 250 or message.fault.outcome == DUPLICATE:
             if len(copies) != 1 or len(exact) != 1:
                 return None, f"{len(copies)} copies at the upstream, {len(exact)} exact"

@@ -19,13 +19,19 @@ from twisted.trial import unittest
 from zope.interface import implementer
 
 from smtpproxy.parameters import Offer, parse_mail_parameters
-from smtpproxy import replies, upstream
+from smtpproxy import replies
 from smtpproxy.config import Upstream
+from smtpproxy.pool import Pool
 from tests.support.certs import make_certificates, server_options, trust_root
 from tests.support.upstream import start_upstream
 
 UPSTREAM = Upstream(host="upstream.example", port=25, timeout=60, connect_timeout=15)
 CHUNK = 16384  # twisted.protocols.basic.FileSender.CHUNK_SIZE
+
+
+def deliver_once(reactor, config, hostname, *args, **kwargs):
+    """One message on a connection of its own, closed after it (no connection kept)."""
+    return Pool(reactor, attrs.evolve(config, pool_idle=0), hostname).deliver(*args, **kwargs)
 
 
 @implementer(ITCPTransport)
@@ -51,7 +57,7 @@ class Conversation:
         self.reactor = MemoryReactorClock()
         self.results = []
         with capturedLogs() as self.logged:
-            upstream.deliver(
+            deliver_once(
                 self.reactor, config, "proxy.example", sender, recipients, BytesIO(data),
                 parse_mail_parameters(mail_parameters, Offer(dsn=True, smtputf8=True)),
             ).addCallback(self.results.append)
@@ -92,7 +98,7 @@ class Conversation:
         """Greeting, EHLO, MAIL and the given RCPT replies; return the last output."""
         self.connect()
         assert self.reply(b"220 upstream.example ESMTP") == b"EHLO proxy.example\r\n"
-        assert self.reply(b"250-upstream.example", b"250 PIPELINING") == b"MAIL FROM:<>\r\n"
+        assert self.reply(b"250-upstream.example", b"250 HELP") == b"MAIL FROM:<>\r\n"
         sent = self.reply(b"250 2.1.0 Ok")
         for line in rcptReplies:
             sent = self.reply(line)
@@ -155,12 +161,15 @@ class InMemoryTests(unittest.TestCase):
         self.assertTrue(c.transport.noDelay)
 
     def test_success(self):
-        """The data goes byte for byte, then C{.}; the queue id is relayed after the close."""
+        """
+        The data goes byte for byte, then C{.}; the queue id is relayed as
+        soon as the upstream answered the dot, before the QUIT is answered.
+        """
         data = b"..\r\nRSET\r\nSubject: x\r\n\r\n..dot\r\n.\tnot end\r\nlast\r\n"
         c = Conversation(data=data)
         self.assertEqual(c.toData(), data + b".\r\n")
         self.assertEqual(c.reply(b"250 2.0.0 Ok: queued as ABC"), b"QUIT\r\n")
-        self.assertEqual(c.results, [])
+        self.assertEqual(c.results, [replies.Reply(250, "2.0.0 Ok: queued as ABC")])
         self.assertEqual(c.finish(), replies.Reply(250, "2.0.0 Ok: queued as ABC"))
         self.assertEqual(c.warnings(), [])
 
@@ -206,7 +215,7 @@ class InMemoryTests(unittest.TestCase):
 
     def test_body_parameter_only_where_offered(self):
         """An upstream without 8BITMIME gets no BODY= it would refuse."""
-        self.assertEqual(self.mailFromAnswering(b"250 PIPELINING"),
+        self.assertEqual(self.mailFromAnswering(b"250 HELP"),
                          b"MAIL FROM:<a@b.example>\r\n")
 
     def test_heloRefused(self):
@@ -358,7 +367,7 @@ class InMemoryTests(unittest.TestCase):
     def test_badHostname(self):
         """Even a set-up error gives a reply, never a failure."""
         with capturedLogs() as logged:
-            d = upstream.deliver(
+            d = deliver_once(
                 MemoryReactorClock(), UPSTREAM, "bad..name", "", ["a@b"], BytesIO(b"")
             )
         self.assertEqual(self.successResultOf(d), replies.UPSTREAM_UNAVAILABLE)
@@ -456,7 +465,7 @@ class LoopbackTests(unittest.TestCase):
         self.upstream = Upstream(host="127.0.0.1", port=self.port.getHost().port, timeout=10)
 
     def deliver(self, sender, recipients, data):
-        return upstream.deliver(
+        return deliver_once(
             reactor, self.upstream, "proxy.example", sender, recipients, BytesIO(data)
         )
 
@@ -546,7 +555,7 @@ class SecureUpstreamTests(unittest.TestCase):
             **settings,
         )
         with capturedLogs() as logged:
-            reply = yield upstream.deliver(
+            reply = yield deliver_once(
                 reactor, config, "proxy.example", "a@example.com", ["b@example.net"],
                 BytesIO(self.MESSAGE),
             )

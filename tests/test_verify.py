@@ -79,7 +79,7 @@ class RefusedAtRcptTests(VerifyTestCase):
         reply = yield self.finish(client)
         self.assertEqual((reply.code, reply.text), (250, "2.0.0 Ok: queued as Q00001"))
         yield client.close()
-        yield self.upstream.wait_idle()
+        yield self.stack.settle()
         (message,) = self.upstream.messages
         self.assertEqual(message.recipients, ("bob@example.net", "dave@example.net"))
         self.assertEqual(self.stack.api.requests[0].json["to"], list(message.recipients))

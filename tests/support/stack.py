@@ -79,6 +79,15 @@ class Stack:
         """A Deferred firing once the proxy knows what the upstream offers."""
         return self.factory.capabilities.known()
 
+    def settle(self):
+        """
+        Close the proxy's kept upstream connections (later messages each
+        get a connection of their own) and wait until the upstream has
+        none open, so it has seen every command the proxy will send it.
+        """
+        self.factory.pool.close()
+        return self.upstream.wait_idle()
+
     def send(self, message, recipients=("bob@example.net",), sender="alice@example.com"):
         """Submit C{message} like a mail client; the reply to the final dot."""
         return send_mail(self.reactor, self.port, self.client_tls, USER, PASSWORD,

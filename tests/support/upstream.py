@@ -61,13 +61,15 @@ class Script:
     """
     How the upstream treats one message once its recipients are in: the reply to its final
     dot (C{None}: accept with a queue id), whether to drop the connection after recording it
-    instead, and where to stall (C{"DATA"}, L{END_OF_DATA} or C{None}); see
+    instead, where to stall (C{"DATA"}, L{END_OF_DATA} or C{None}), and whether to hang up
+    once it has answered the dot (an upstream closing an idle connection); see
     L{FakeUpstream.scripts}.
     """
 
     data_reply: tuple = None
     drop_after_data: bool = False
     stall: str = None
+    hang_up_after: bool = False
 
 
 def start_upstream(
@@ -115,6 +117,9 @@ class FakeUpstream:
         carried: C{[[b"EHLO proxy.test", b"MAIL FROM:<a@b.example>", ...], ...]}.
     @ivar rcpt_refusals, data_reply, drop_after_data: the script; may change between messages.
     @ivar sender_refusals: address -> (code, text) for MAIL FROM, like C{rcpt_refusals}.
+    @ivar closing_senders: addresses whose MAIL FROM, on a connection that already carried
+        a message, gets C{421} and a close, once each (an upstream that timed out a kept
+        connection just as it is used).
     @ivar offers: further EHLO keywords (see L{start_upstream}).
     @ivar scripts: first recipient -> L{Script}: that message's own script instead of
         C{data_reply}, C{drop_after_data} and L{stall}, so concurrent messages can each meet
@@ -133,6 +138,7 @@ class FakeUpstream:
         self.offers = ()
         self.rcpt_refusals = dict(rcpt_refusals or {})
         self.sender_refusals = {}
+        self.closing_senders = set()
         self.data_reply = data_reply
         self.drop_after_data = drop_after_data
         self.hostname = hostname
@@ -256,6 +262,7 @@ class _Session(smtp.ESMTP):
         self._held = None
         self._greeted = False
         self._transaction = None
+        self._carried = 0
         self._commands = []
         upstream.commands.append(self._commands)
 
@@ -294,8 +301,21 @@ class _Session(smtp.ESMTP):
         else:
             if self.mode == smtp.COMMAND:
                 self._commands.append(line)
+                if self._closes_at(line):
+                    return
                 line = _ascii_shadow(line)
             super().lineReceived(line)
+
+    def _closes_at(self, line):
+        """A MAIL FROM of one of L{FakeUpstream.closing_senders} on a used connection: 421."""
+        closing = self._upstream.closing_senders
+        sender = line[11:].partition(b">")[0].decode("utf-8", "replace")
+        if not (self._carried and line[:11].upper() == b"MAIL FROM:<" and sender in closing):
+            return False
+        closing.discard(sender)
+        self.sendCode(421, b"4.4.2 upstream.test Idle timeout, closing connection")
+        self.transport.loseConnection()
+        return True
 
     def _step(self, line):
         if self.mode == smtp.COMMAND:
@@ -332,11 +352,14 @@ class _Session(smtp.ESMTP):
         _, data = resultList[0]  # every recipient's copy is the same; one is recorded
         tls = self.startedTLS or self._upstream._implicit_tls
         message = self._upstream._accept(self._transaction, data, tls)
+        self._carried += 1
         if script.drop_after_data:
             self.transport.loseConnection()
             return
         code, text = scripted or (250, f"2.0.0 Ok: queued as {message.queue_id}")
         self.sendCode(code, text.encode())
+        if script.hang_up_after:
+            self.transport.loseConnection()
 
 
 @implementer(smtp.IMessageDeliveryFactory)
