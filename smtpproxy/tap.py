@@ -42,11 +42,12 @@ BACKLOG = 511
 _LISTEN_TLS = re.compile(r"^--listen_tls(?==|$)")
 _IPV6_PORT = re.compile(r"^\[([0-9A-Fa-f:.]+)\]:(\d+)$")
 
-_POSITIVE = ("api_connections", "api_queue", "header_memory")
+_POSITIVE = ("api_connections", "api_queue", "header_memory", "upstream_pool_messages")
 """Options that cannot be 0: no API request, or no message, could ever pass."""
 
 _defaults = Limits()
 _policy = Policy("")
+_kept = Upstream("", 0)
 
 log = Logger()
 
@@ -97,6 +98,9 @@ def _upstream(options):
             password=_password(options),
             tls_policy=policy_from_options(options, "upstream_"),
             xclient=bool(options["upstream_xclient"]),
+            pool_idle=options["upstream_pool_idle"],
+            pool_timeout=options["upstream_pool_timeout"],
+            pool_messages=options["upstream_pool_messages"],
         )
     except ValueError as e:
         fail(str(e))
@@ -153,6 +157,13 @@ class Options(usage.Options):
          "Login API URL: check each AUTH there (535 for a wrong password) "
          "[default: off, the --api judges the password with each message]."],
         ["upstream_timeout", None, 60.0, "Seconds per upstream step.", float],
+        ["upstream_pool_idle", None, _kept.pool_idle,
+         "Upstream connections kept idle for the next message; 0: one connection per message.",
+         int],
+        ["upstream_pool_timeout", None, _kept.pool_timeout,
+         "Seconds a kept upstream connection may stay idle before QUIT.", float],
+        ["upstream_pool_messages", None, _kept.pool_messages,
+         "Messages one upstream connection carries before QUIT.", int],
         ["verify_cache_time", None, 60.0,
          "Seconds a --verify_recipients verdict (accepted, or refused 5xx) is reused; 0: never.",
          float],
@@ -255,6 +266,8 @@ class Options(usage.Options):
         for name in _POSITIVE:
             if self[name] < 1:
                 fail(f"--{name} must be at least 1 (not {self[name]})")
+        if self["upstream_pool_idle"] < 0 or self["upstream_pool_timeout"] <= 0:
+            fail("--upstream_pool_idle must be 0 or more and --upstream_pool_timeout above 0")
         if self["bare_lf"] not in BARE_LF:
             fail(f"--bare_lf must be one of {', '.join(BARE_LF)}")
         if self["user"] is not None:

@@ -335,7 +335,7 @@ class _Concatenation:
     comes back empty, so C{exhausted} says whether the upstream may have
     the whole message.  Once C{withdrawn}, reads never come back empty:
     the sender drops the connection at its next chunk
-    (L{smtpproxy.upstream.RelaySender.transformChunk}), so that dot is
+    (L{smtpproxy.relay.RelaySender.transformChunk}), so that dot is
     never sent.
     """
 

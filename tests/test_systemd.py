@@ -7,6 +7,7 @@ front of the proxy's PROXY-protocol listeners (skipped without haproxy).
 
 import os
 import shutil
+import signal
 import socket
 
 from twisted.internet import defer, reactor
@@ -144,6 +145,39 @@ class SocketActivationTests(TestCase):
         yield client.close()
         self.assertEqual(reply.code, 250)
         yield self.stop(*second)
+
+    @defer.inlineCallbacks
+    def test_processes_sharing_the_sockets_each_serve_and_drain_alone(self):
+        """
+        contrib/smtpproxy@.service: several proxies on the same two sockets.
+        A client goes to whichever process is waiting in accept (one that is
+        busy, here one stopped with SIGSTOP, is not); while one drains, the
+        other takes every new client.
+        """
+        first, second = yield defer.gatherResults([self.start(), self.start()])
+        for busy, free in ((second, first), (first, second)):
+            busy[1].signalProcess(signal.SIGSTOP)
+            before = _delivered(free[0])
+            reply = yield self.submit()
+            busy[1].signalProcess(signal.SIGCONT)
+            self.assertEqual((reply.code, _delivered(free[0])), (250, before + 1))
+        first[1].signalProcess("TERM")
+        yield first[0].ended
+        for _ in range(3):
+            reply = yield self.submit()
+            self.assertEqual(reply.code, 250)
+        self.assertEqual((_delivered(first[0]), _delivered(second[0])), (1, 4))
+        self.assertEqual(len(self.upstream.messages), 5)
+        yield self.stop(*second)
+
+    def submit(self):
+        return send_mail(reactor, self.submission.getsockname()[1], client_options(self.certs),
+                         USER, PASSWORD, "alice@example.com", ["bob@example.net"], MESSAGE)
+
+
+def _delivered(twistd):
+    """How many messages a proxy's log says it delivered."""
+    return (twistd.log + twistd.output).count("message delivered")
 
 
 def _kill(child, process):

@@ -2,7 +2,7 @@
 Pins: one test for each name in Twisted that the proxy (or its test support)
 relies on although Twisted does not promise to keep it: private names,
 undocumented attributes, and the steps of Twisted's SMTP client state
-machine that L{smtpproxy.upstream.RelaySender} replaces.
+machine that L{smtpproxy.upstream.UpstreamClient} and its subclasses replace.
 
 When a Twisted upgrade changes one, its test fails with a message naming
 the Twisted name and the code that relies on it.  docs/twisted.rst says why
@@ -67,7 +67,7 @@ class SMTPClientStatePins(PinTestCase):
 
     def test_replyDispatch(self):
         with self.reliedOn("SMTPClient._expected/_okresponse/_failresponse",
-                           "smtpproxy.upstream.RelaySender and smtpproxy.verify.CheckingClient"):
+                           "smtpproxy.relay.RelaySender and smtpproxy.verify.CheckingClient"):
             client = smtp.SMTPClient(b"proxy.test")
             _connected(client)
             ok, failed = _Recorder(), _Recorder()
@@ -80,7 +80,7 @@ class SMTPClientStatePins(PinTestCase):
 
     def test_disconnectFromServer(self):
         with self.reliedOn("SMTPClient._disconnectFromServer",
-                           "smtpproxy.upstream.RelaySender and smtpproxy.verify.CheckingClient (QUIT)"):
+                           "smtpproxy.relay.RelaySender and smtpproxy.verify.CheckingClient (QUIT)"):
             client = smtp.SMTPClient(b"proxy.test")
             transport = _connected(client)
             client._disconnectFromServer()
@@ -98,8 +98,8 @@ class SMTPClientStatePins(PinTestCase):
 
     def test_ehloStateAndHeloFallback(self):
         with self.reliedOn("ESMTPClient.esmtpState_ehlo/esmtpState_serverConfig",
-                           "smtpproxy.upstream (UpstreamClient.smtpState_helo, "
-                           "RelaySender.esmtpState_serverConfig)"):
+                           "smtpproxy.upstream.UpstreamClient (smtpState_helo, "
+                           "esmtpState_serverConfig)"):
             client = smtp.ESMTPClient(None, None, b"proxy.test")
             client.heloFallback = True
             client.requireAuthentication = client.requireTransportSecurity = False
@@ -113,7 +113,7 @@ class SMTPClientStatePins(PinTestCase):
 
     def test_fromStateAfterLogin(self):
         with self.reliedOn("ESMTPClient.smtpState_maybeAuthenticated (235 -> smtpState_from)",
-                           "smtpproxy.upstream.RelaySender.smtpState_from and "
+                           "smtpproxy.relay.RelaySender.smtpState_from and "
                            "smtpproxy.verify.CheckingClient.smtpState_from (reached after AUTH)"):
             reached = _Recorder()
             client = smtp.ESMTPClient(None, None, b"proxy.test")
@@ -122,28 +122,9 @@ class SMTPClientStatePins(PinTestCase):
             client.smtpState_maybeAuthenticated(235, b"2.7.0 ok")
             self.assertEqual(reached.calls, [(235, b"2.7.0 ok")])
 
-    def test_recipientStates(self):
-        with self.reliedOn("SMTPClient.smtpState_to (toAddresses, toAddressesResult, "
-                           "lastAddress, then smtpState_toOrData)",
-                           "smtpproxy.upstream.RelaySender.smtpState_toOrData"):
-            seen = []
-
-            class Client(smtp.SMTPClient):
-                def getMailTo(self):
-                    return [b"a@example.net", b"b@example.net"]
-
-                def smtpState_toOrData(self, code, resp):
-                    seen.append((code, resp, self.lastAddress, self.toAddressesResult,
-                                 list(self.toAddresses)))
-
-            client = Client(b"proxy.test")
-            _connected(client)
-            client.smtpState_to(250, b"sender ok")
-            self.assertEqual(seen, [(0, b"", None, [], [b"a@example.net", b"b@example.net"])])
-
     def test_dataTransfer(self):
         with self.reliedOn("SMTPClient.smtpState_data/transformChunk/finishedFileTransfer",
-                           "smtpproxy.upstream.RelaySender (data sent as it is, then the dot)"):
+                           "smtpproxy.relay.RelaySender (data sent as it is, then the dot)"):
             data = b"x" * 40000 + b"y"
             chunks, finished = [], []
 
@@ -167,15 +148,12 @@ class SMTPClientStatePins(PinTestCase):
             self.assertEqual(transport.value(), data.upper())
             self.assertEqual(finished, [b"Y"])  # the last byte sent
 
-    def test_failureStates(self):
-        with self.reliedOn("SMTPClient.smtpTransferFailed/smtpConnectionFailed/smtpState_msgSent",
-                           "smtpproxy.upstream.RelaySender (its failure handlers)"):
-            sent = _Recorder()
+    def test_connectionFailedState(self):
+        with self.reliedOn("SMTPClient.smtpConnectionFailed (a refused greeting or HELO)",
+                           "smtpproxy.upstream.UpstreamClient.smtpState_helo"):
             client = smtp.SMTPClient(b"proxy.test")
             _connected(client)
-            client.smtpState_msgSent = sent
-            client.smtpTransferFailed(550, b"5.7.1 no")
-            self.assertEqual(sent.calls, [(550, b"5.7.1 no")])
+            self.assertEqual(client._failresponse, client.smtpConnectionFailed)
             self.assertEqual(list(inspect.signature(client.smtpConnectionFailed).parameters),
                              ["code", "resp"])
 
