@@ -127,3 +127,30 @@ class Meter:
             "rss_after_kib": rss,
             "peak_kib": max(peak, rss),
         }
+
+
+class MeterGroup:
+    """
+    L{Meter} over several processes (C{--workers}): CPU and memory summed,
+    and each process's CPU kept (C{cpu_ms_each}) to show how the load spread.
+    """
+
+    def __init__(self, pids, interval=0.05):
+        self._meters = [Meter(pid, interval) for pid in pids]
+
+    @property
+    def rss_before(self):
+        return sum(meter.rss_before for meter in self._meters)
+
+    def start(self):
+        for meter in self._meters:
+            meter.start()
+        return self
+
+    def stop(self):
+        figures = [meter.stop() for meter in self._meters]
+        total = {key: sum(f[key] for f in figures)
+                 for key in ("cpu_ms", "rss_before_kib", "rss_after_kib", "peak_kib")}
+        total["wall_s"] = max(f["wall_s"] for f in figures)
+        total["cpu_ms_each"] = [f["cpu_ms"] for f in figures]
+        return total

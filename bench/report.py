@@ -69,6 +69,8 @@ def progress(row, elapsed):
     parts.append(f"load core {row['load_cpu_pct']:.0f}%")
     if row.get("proxy_cpu_pct") is not None:
         parts.append(f"proxy core {row['proxy_cpu_pct']:.0f}%")
+    if row.get("cpu_share_pct") is not None:
+        parts.append("proxy CPU by process " + "/".join(f"{p}%" for p in row["cpu_share_pct"]))
     parts.append(f"other {row['other_cpu_pct']:.0f}%")
     if errors:
         parts.append(f"ERRORS {row['errors']}")
@@ -131,7 +133,8 @@ def table(rows, scenarios, targets, info):
     out = [
         f"smtpproxy benchmark ({info['mode']} mode, {info['reps']} interleaved repetitions, "
         f"medians; {info['minutes']:.1f} min)",
-        f"pinning: {info['pinning']}; load generator processes: {info['procs']}",
+        f"pinning: {info['pinning']}; load generator processes: {info['procs']}; "
+        f"smtpproxy processes: {info.get('workers', 1)}",
         f"TLS: {info['tls']}, {info['cert']} certificate; S4 decision latency "
         f"+{info['slow_ms']:.0f} ms for both proxies; smtpproxy --loglevel={info['loglevel']}",
     ]

@@ -71,6 +71,9 @@ def parse(argv=None):
                    help="load generator processes (they share the load core when pinned)")
     p.add_argument("--no-pin", dest="pin", action="store_false",
                    help="do not pin the proxy to CPU 0 and the load side to CPU 1")
+    p.add_argument("--workers", type=int, default=1,
+                   help="smtpproxy processes sharing one listening socket, as the instances "
+                        "of contrib/smtpproxy@.service do (needs --no-pin)")
     p.add_argument("--slow-ms", type=float, default=50.0, help="added API latency in S4")
     p.add_argument("--cert", choices=("ecdsa", "rsa"), default="ecdsa",
                    help="server certificate key type for both proxies")
@@ -125,7 +128,7 @@ class Bench:
         if name == "smtpproxy":
             return servers.SmtpProxy(api_url=self.helper.url("api", scenario.slow_api),
                                      sink_port=self.sink.port, loglevel=self.args.loglevel,
-                                     **common)
+                                     workers=self.args.workers, **common)
         return servers.NginxMail(auth_url=self.helper.url("auth", scenario.slow_api), **common)
 
     def wait_quiet(self):
@@ -144,7 +147,7 @@ class Bench:
                 return
 
     def run(self, name, scenario, rep):
-        from procstat import Meter, machine_busy_ms
+        from procstat import Meter, MeterGroup, machine_busy_ms
 
         rundir = os.path.join(self.workdir, "runs", f"{rep}-{scenario.name}-{name}")
         os.makedirs(rundir, exist_ok=True)
@@ -159,7 +162,9 @@ class Bench:
             meters = {"sink": Meter(self.sink.pid).start(),
                       "helper": Meter(self.helper_worker).start()}
             if server.pid is not None:
-                meters["proxy"] = Meter(server.pid).start()
+                pids = getattr(server, "pids", [server.pid])
+                meters["proxy"] = (Meter(server.pid) if len(pids) == 1
+                                   else MeterGroup(pids)).start()
             extra = {"machine_ms": -machine_busy_ms()}
             if scenario.idle:
                 result = self._idle(server, scenario, plain, meters.get("proxy"), extra)
@@ -316,6 +321,9 @@ def _figures(name, scenario, rep, result, meters, extra):
             "rss_before_kib": proxy["rss_before_kib"],
             "growth_kib": proxy["peak_kib"] - proxy["rss_before_kib"],
         })
+        if "cpu_ms_each" in proxy:
+            row["cpu_share_pct"] = [round(100 * each / max(proxy["cpu_ms"], 1e-9))
+                                    for each in proxy["cpu_ms_each"]]
     machine = extra.pop("machine_ms")
     ours = load_cpu + (proxy["cpu_ms"] if proxy else 0)
     row["other_cpu_pct"] = max(machine - ours, 0) / meters["sink"]["wall_s"] / 10
@@ -377,6 +385,9 @@ def main(argv=None):
     _raise_fd_limit()
     servers.check_tools()
     only = {s.strip() for s in args.scenarios.split(",") if s.strip()}
+    if args.workers > 1 and args.pin:
+        print("--workers needs --no-pin: the processes share the cores", file=sys.stderr)
+        return 2
     chosen = scenarios(args.quick, only)
     targets = [t for t in TARGETS if t in args.targets.split(",")]
     workdir = tempfile.mkdtemp(prefix="smtpproxy-bench-")
@@ -404,6 +415,7 @@ def main(argv=None):
                     f"{','.join(map(str, sorted(bench.load_cpus)))}"
                     if bench.load_cpus else "none (kernel scheduling)"),
         "procs": args.procs,
+        "workers": args.workers,
         "cert": args.cert,
         "slow_ms": args.slow_ms,
         "loglevel": args.loglevel,

@@ -144,11 +144,22 @@ class Server:
         self.cpus = cpus
         self.port = free_port()
 
-    def _spawn(self, argv, env=None, log="output.log"):
+    def _spawn(self, argv, env=None, log="output.log", inherit=None):
+        """Start C{argv}; C{inherit}: a descriptor the child gets as its descriptor 3."""
         out = open(os.path.join(self.dir, log), "ab")
+        pin = _pinned(self.cpus)
+
+        def prepare():
+            if pin is not None:
+                pin()
+            if inherit == 3:
+                os.set_inheritable(3, True)
+            elif inherit is not None:
+                os.dup2(inherit, 3)
+
         self.process = subprocess.Popen(
             argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            cwd=self.dir, env=env, preexec_fn=_pinned(self.cpus),
+            cwd=self.dir, env=env, preexec_fn=prepare, pass_fds=() if inherit is None else (3,),
         )
         out.close()
 
@@ -343,13 +354,15 @@ class SmtpProxy(Server):
     label = "smtpproxy"
 
     def __init__(self, workdir, certs, api_url, sink_port, cpus=None, loglevel="info",
-                 python_args=(), **_):
+                 python_args=(), workers=1, **_):
         super().__init__(workdir, cpus)
         self.certs = certs
         self.api_url = api_url
         self.sink_port = sink_port
         self.loglevel = loglevel
         self.python_args = list(python_args)
+        self.workers = workers
+        self.others = []
 
     @staticmethod
     def supported_options():
@@ -383,9 +396,45 @@ class SmtpProxy(Server):
     def start(self):
         extra = os.environ.get("BENCH_EXTRA_PYTHONPATH")
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT] + ([extra] if extra else [])))
-        self._spawn(self.argv(), env=env)
+        if self.workers == 1:
+            self._spawn(self.argv(), env=env)
+        else:
+            self._spawn_workers(env)
         wait_for_greeting(self.port, timeout=30, process=self.process)
         return self
+
+    def _spawn_workers(self, env):
+        """
+        C{workers} processes on one listening socket, passed to each as
+        systemd passes it to each instance of contrib/smtpproxy@.service
+        (file descriptor 3, C{LISTEN_FDS}, C{LISTEN_PID} = the child's pid).
+        """
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", self.port))
+        sock.listen(BACKLOG)
+        env = dict(env, LISTEN_FDS="1", LISTEN_FDNAMES="submission")
+        for number in range(1, self.workers + 1):
+            argv = [arg for arg in self.argv() if not arg.startswith(("--listen=", "--logpath="))]
+            argv += ["--listen=systemd:domain=INET:name=submission",
+                     f"--logpath={self.dir}/smtpproxy-{number}.log"]
+            self._spawn(["/bin/sh", "-c", 'LISTEN_PID=$$ exec "$@"', "sh", *argv], env=env,
+                        inherit=sock.fileno())
+            self.others.append(self.process)
+        self.process = self.others.pop(0)
+        sock.close()
+
+    @property
+    def pids(self):
+        """Every process whose CPU and memory count (more than one with C{workers})."""
+        return [self.process.pid] + [other.pid for other in self.others]
+
+    def stop(self):
+        for other in self.others:
+            other.send_signal(signal.SIGTERM)
+        super().stop()
+        for other in self.others:
+            other.wait(timeout=15)
 
 
 class Direct:
