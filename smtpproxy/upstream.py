@@ -45,6 +45,18 @@ class UpstreamClient(smtp.ESMTPSender):
     """
 
     _outcome = None
+    debug = False
+    """
+    No transcript of each line in C{self.log}: Twisted keeps one for its
+    error messages, which the proxy never shows (a transcript holds the
+    AUTH exchange), and it costs two appends per command.
+    """
+    __setattr__ = object.__setattr__
+    """
+    Plain attribute assignment: C{ESMTPClient.__setattr__} only adds a
+    deprecation warning for C{tlsMode}, at the cost of a Python call for
+    every attribute the sender sets (several per command).
+    """
     capabilities = Capabilities()
     """What the upstream's last EHLO offered (nothing after a HELO fallback)."""
 
