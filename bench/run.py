@@ -74,6 +74,8 @@ def parse(argv=None):
     p.add_argument("--workers", type=int, default=1,
                    help="smtpproxy processes sharing one listening socket, as the instances "
                         "of contrib/smtpproxy@.service do (needs --no-pin)")
+    p.add_argument("--proxy-option", action="append", default=[], metavar="--NAME=VALUE",
+                   help="an extra smtpproxy option (repeatable), e.g. --proxy-option=--upstream_pool_idle=0")
     p.add_argument("--slow-ms", type=float, default=50.0, help="added API latency in S4")
     p.add_argument("--cert", choices=("ecdsa", "rsa"), default="ecdsa",
                    help="server certificate key type for both proxies")
@@ -128,7 +130,8 @@ class Bench:
         if name == "smtpproxy":
             return servers.SmtpProxy(api_url=self.helper.url("api", scenario.slow_api),
                                      sink_port=self.sink.port, loglevel=self.args.loglevel,
-                                     workers=self.args.workers, **common)
+                                     workers=self.args.workers,
+                                     options=self.args.proxy_option, **common)
         return servers.NginxMail(auth_url=self.helper.url("auth", scenario.slow_api), **common)
 
     def wait_quiet(self):

@@ -354,7 +354,7 @@ class SmtpProxy(Server):
     label = "smtpproxy"
 
     def __init__(self, workdir, certs, api_url, sink_port, cpus=None, loglevel="info",
-                 python_args=(), workers=1, **_):
+                 python_args=(), workers=1, options=(), **_):
         super().__init__(workdir, cpus)
         self.certs = certs
         self.api_url = api_url
@@ -362,6 +362,7 @@ class SmtpProxy(Server):
         self.loglevel = loglevel
         self.python_args = list(python_args)
         self.workers = workers
+        self.options = list(options)
         self.others = []
 
     @staticmethod
@@ -391,7 +392,7 @@ class SmtpProxy(Server):
         for option, value in (("--max_connections", 5000), ("--max_connections_per_ip", 5000)):
             if option in known:
                 argv.append(f"{option}={value}")
-        return argv
+        return argv + self.options
 
     def start(self):
         extra = os.environ.get("BENCH_EXTRA_PYTHONPATH")

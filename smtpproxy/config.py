@@ -96,7 +96,9 @@ class Upstream:
         C{smtpd_authorized_xclient_hosts}) who the real client is, so its
         logs and per-client controls see that client, not the proxy.
     @ivar pool_idle: connections kept idle for the next message
-        (L{smtpproxy.pool}); 0 closes each after its message.
+        (L{smtpproxy.pool}); 0 closes each after its message.  64: with
+        many clients at once, fewer kept connections mean more closed
+        only to be opened again (README.rst gives the figures).
     @ivar pool_timeout: seconds a kept connection may stay idle before
         QUIT: well below the 300 s an SMTP server waits for a command
         (RFC 5321 section 4.5.3.2.7), so the upstream rarely closes one
@@ -117,7 +119,7 @@ class Upstream:
     password: str | None = field(default=None, repr=False)
     tls_policy: TLSPolicy = field(factory=TLSPolicy, repr=False)
     xclient: bool = False
-    pool_idle: int = 16
+    pool_idle: int = 64
     pool_timeout: float = 30
     pool_messages: int = 100
     client_tls: object = field(init=False, repr=False, eq=False)

@@ -252,15 +252,17 @@ class Message:
         result = outcome(reply, policy_denied=self._policy == "deny")
         t.services.metrics.messages.labels(result).inc()
         t.services.metrics.message_size.observe(self.size)
+        f = self._fields()
         api = "-" if self._api_time is None else f"{self._api_time * 1000:.0f}ms"
-        log.info(
-            "message {result} conn={conn} client={client} user={user!r} from=<{sender}> "
-            "rcpts={count} size={size} policy={policy} api={api} tls={tls} "
-            "{auth_id}reply={code} {text} time={time:.0f}ms",
-            result=result, api=api, code=reply.code, text=reply.text,
-            auth_id="" if self.auth_id is None else f"auth_id={self.auth_id!r} ",
-            **self._fields(),
+        auth_id = "" if self.auth_id is None else f"auth_id={self.auth_id!r} "
+        line = (
+            f"message {result} conn={f['conn']} client={f['client']} user={f['user']!r} "
+            f"from=<{f['sender']}> rcpts={f['count']} size={f['size']} policy={f['policy']} "
+            f"api={api} tls={f['tls']} {auth_id}reply={reply.code} {reply.text} "
+            f"time={f['time']:.0f}ms"
         )
+        log.info("{line}", line=line, result=result, api=api, code=reply.code, text=reply.text,
+                 auth_id=self.auth_id, **f)
         return reply
 
     def connectionLost(self):
@@ -279,7 +281,12 @@ class Message:
         self._drop()
 
     def _fields(self):
-        """What both kinds of a message's line tell."""
+        """
+        What both kinds of a message's line tell.  The final line is put
+        together with an f-string and logged whole (its fields go along for
+        structured observers): with a format string, Twisted would parse it
+        again for every message, a few per cent of a small message's CPU.
+        """
         t = self.transaction
         return dict(
             conn=t.connection,
