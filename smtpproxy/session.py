@@ -9,17 +9,12 @@ TLS, falls out of DATA on a long line and forces the final reply to 250 or
 greeting, the TLS context and STARTTLS capability check, the EHLO extension
 listing, reply formatting and the idle timer.
 
-Input goes through a pull-based L{Framer}: while a reply is pending (a
-message's outcome, a recipient's verdict from the upstream with
-C{--verify_recipients}, or the login API's verdict on AUTH with
-C{--auth_api}) the session stops pulling (and pauses the socket), so a
-command pipelined after the final dot or after such a RCPT or AUTH is
-answered only after that reply, and every command gets exactly one reply,
-in order.  The session is also the transport's push producer of replies:
-a client that pipelines commands but never reads the replies fills the
-transport's write buffer, the transport pauses the session, and the
-session stops reading until the client reads, so such a client cannot
-make the proxy buffer without bound.
+Three concerns live in mixins of their own modules: the input pulling and
+flow control (L{smtpproxy.flow}), the AUTH exchange
+(L{smtpproxy.authexchange}) and the transcript (L{smtpproxy.transcript}).
+This module has the commands, the session's state and its connection
+events.  The client's HELO/EHLO name is the session's own C{helo_name}:
+Twisted's C{_helo} belongs to its command loop, which is not used.
 
 Timeouts (each a L{Limits} field): C{pretls_timeout} runs from connect to
 the first command inside TLS and is not reset by input, so dribbling bytes
@@ -31,7 +26,6 @@ does.
 """
 
 import ipaddress
-import re
 
 from twisted.internet.interfaces import (
     IHandshakeListener,
@@ -39,19 +33,17 @@ from twisted.internet.interfaces import (
     ISSLTransport,
     ITCPTransport,
 )
-from twisted.logger import Logger
 from twisted.mail import smtp
 from zope.interface import implementer
 
-from smtpproxy import auth, replies
+from smtpproxy import replies
+from smtpproxy.authexchange import AuthExchange
 from smtpproxy.commands import CommandError, parse_command, parse_mail, parse_rcpt
+from smtpproxy.flow import InputFlow
+from smtpproxy.framing import Framer
 from smtpproxy.parameters import Offer
-from smtpproxy.framing import BARE_LF, TOO_LONG, Framer
 from smtpproxy.tls import handshake_error, negotiated
-
-log = Logger(namespace="smtpproxy.smtp")
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+from smtpproxy.transcript import Transcript, text
 
 NEEDS_TLS = frozenset({"AUTH", "MAIL", "RCPT", "DATA"})
 
@@ -66,7 +58,7 @@ its slot, or a drain with nothing in flight from waiting for it.
 
 
 @implementer(IPushProducer, IHandshakeListener)
-class ProxySession(smtp.ESMTP):
+class ProxySession(InputFlow, AuthExchange, Transcript, smtp.ESMTP):
     """
     One client connection.
 
@@ -88,6 +80,7 @@ class ProxySession(smtp.ESMTP):
         self._transcript = factory.config.transcript
         self._framer = Framer(self.limits.max_line_length, self.limits.bare_lf == "normalize")
         self.client = None
+        self.helo_name = None
         self._held = False
         self._awaiting = None
         self._pulling = False
@@ -111,11 +104,6 @@ class ProxySession(smtp.ESMTP):
 
     def reply(self, reply):
         self.sendCode(reply.code, reply.encode())
-
-    def sendLine(self, line):
-        if self._transcript:
-            log.info("{id} > {line}", id=self.number, line=_loggable(line))
-        super().sendLine(line)
 
     def extensions(self):
         """
@@ -147,7 +135,7 @@ class ProxySession(smtp.ESMTP):
             "ADDR": address,
             "PORT": str(getattr(peer, "port", "")) or None,
             "PROTO": "ESMTP" if self._offer_extended else "SMTP",
-            "HELO": _text(self._helo[0] or b"") or None,
+            "HELO": text(self.helo_name or b"") or None,
             "LOGIN": self._login.username,
         }
 
@@ -167,60 +155,6 @@ class ProxySession(smtp.ESMTP):
         capabilities = self.factory.capabilities.current
         return own if capabilities is None else capabilities.size_limit(own)
 
-    # Input.
-
-    def dataReceived(self, data):
-        if not self._closing:
-            self._framer.feed(data)
-            self._drain()
-
-    def _drain(self):
-        """
-        Take input while it can be used.  Only one loop pulls at a time: a
-        reply that was ready at once (a cached verdict) releases the input
-        from inside the loop, which then just goes on.
-        """
-        if self._pulling:
-            return
-        self._pulling = True
-        try:
-            self._pull()
-        finally:
-            self._pulling = False
-
-    def _pull(self):
-        while not (self._held or self._blocked or self._closing):
-            if self._framer.in_data:
-                piece = self._framer.next_data()
-                if piece is None:
-                    return
-                self._data_piece(piece)
-                continue
-            line = self._framer.next_command()
-            if line is None:
-                return
-            if self.startedTLS:
-                self.setTimeout(self.limits.idle_timeout)
-            if line is TOO_LONG:
-                self._bad_line("[overlong line]", replies.LINE_TOO_LONG)
-            elif line is BARE_LF:
-                self._bad_line("[line ended by a bare LF]", replies.BARE_LF_LINE)
-            elif self._auth is not None:
-                self._log_input(line if self.factory.config.log_credentials else "[REDACTED]")
-                self._auth_response(line)
-            else:
-                self._command(line)
-
-    def _bad_line(self, description, reply):
-        """Refuse a line that was no command; it also ends an AUTH exchange."""
-        self._log_input(description)
-        self._auth = None
-        self.reply(reply)
-
-    def _log_input(self, line):
-        if self._transcript:
-            log.info("{id} < {line}", id=self.number, line=_loggable(line))
-
     def _command(self, line):
         command = parse_command(line)
         handler = getattr(self, "smtp_" + command.verb, None) if command.verb else None
@@ -232,54 +166,12 @@ class ProxySession(smtp.ESMTP):
         else:
             handler(command.argument)
 
-    def _log_command(self, line, command, handler):
-        """
-        Log a command line, masking what may hold a password: AUTH data,
-        and lines that are no command (a confused client's credentials).
-        """
-        if self.factory.config.log_credentials:
-            self._log_input(line)
-        elif handler is None:
-            self._log_input(f"[unrecognized command, {len(line)} bytes]")
-        elif command.verb == "AUTH":
-            mechanism = command.argument.split(None, 1)[:1] or [b""]
-            self._log_input(b"AUTH " + mechanism[0] + b" [REDACTED]")
-        else:
-            self._log_input(line)
-
-    def _reading(self):
-        """
-        Read the socket only while input can be used, and always during a
-        TLS handshake: replies written before it completes wait in the TLS
-        layer, which pauses us, and not reading would stall the handshake.
-        """
-        if (self._held or self._blocked) and not self._handshaking:
-            self.transport.pauseProducing()
-        else:
-            self.transport.resumeProducing()
-
     def handshakeCompleted(self):
         self._handshaking = False
         self._tls = negotiated(self.transport)
         if self._tls is not None:
             self._log_input(f"[TLS {self._tls}]")
         self._reading()
-
-    # Output flow control (IPushProducer): the transport calls these.
-
-    def pauseProducing(self):
-        """The client is not reading its replies: take no more commands."""
-        self._blocked = True
-        self._reading()
-
-    def resumeProducing(self):
-        self._blocked = False
-        self._reading()
-        self._drain()
-
-    def stopProducing(self):
-        """The connection is gone; L{connectionLost} cleans up."""
-        self._producing = False
 
     # Commands (docs/protocol.rst section 1).
 
@@ -298,7 +190,7 @@ class ProxySession(smtp.ESMTP):
         if not argument:
             self.reply(replies.DOMAIN_REQUIRED)
             return False
-        self._helo = (argument, self._helo[1])
+        self.helo_name = argument
         self._offer = Offer()
         self._offer_extended = False
         self._end_transaction()
@@ -314,57 +206,13 @@ class ProxySession(smtp.ESMTP):
         else:
             self.reply(replies.SERVICE_READY_TLS)
             self._framer.discard()
-            self._helo = (None, self._helo[1])
+            self.helo_name = None
             self._offer = Offer()
             self._login = None
             self._end_transaction()
             self._handshaking = True
             self.transport.startTLS(self.ctx)
             self.startedTLS = True
-
-    def smtp_AUTH(self, argument):
-        if self._login is not None:
-            self.reply(replies.ALREADY_AUTHENTICATED)
-        elif self._transaction is not None:
-            self.reply(replies.BAD_SEQUENCE)
-        else:
-            try:
-                self._auth, step = auth.start(argument)
-            except auth.AuthError as e:
-                self.reply(e.reply)
-            else:
-                self._auth_step(step)
-
-    def _auth_response(self, line):
-        try:
-            step = self._auth.respond(line)
-        except auth.AuthError as e:
-            self._auth = None
-            self.reply(e.reply)
-        else:
-            self._auth_step(step)
-
-    def _auth_step(self, step):
-        """
-        Ask for more, or take the login: checked now by the login API when
-        there is one, else recorded for the policy API to judge later.
-        """
-        if isinstance(step, auth.Challenge):
-            self.sendCode(334, step.prompt)
-            return
-        mechanism, self._auth = self._auth.mechanism, None
-        if self.factory.config.policy.auth_url is None:
-            self._login = step.login
-            self.reply(replies.AUTH_OK)
-            return
-        helo = _text(self._helo[0] or b"")
-        checked = self.factory.authenticate(step.login, mechanism, self.client, helo)
-        self._await(checked.addCallback(self._authenticated, step.login))
-
-    def _authenticated(self, reply, login):
-        if reply == replies.AUTH_OK:
-            self._login = login
-        return reply
 
     def smtp_MAIL(self, argument):
         if self._login is None:
@@ -380,10 +228,10 @@ class ProxySession(smtp.ESMTP):
             if mail.size is not None and mail.size > self._size_limit():
                 self.reply(replies.MESSAGE_TOO_BIG)
                 return
-            helo = _text(self._helo[0] or b"")
+            helo = text(self.helo_name or b"")
             self._transaction = self.factory.transaction(
                 self._login, self.client, helo, connection=self.number, tls=self._tls)
-            self._transaction.validateFrom(self._helo, mail.address)
+            self._transaction.validateFrom(self.helo_name, mail.address)
             self._transaction.mail_parameters = mail.parameters
             self._transaction.origin = self._origin()
             self.reply(replies.SENDER_OK)
@@ -443,50 +291,12 @@ class ProxySession(smtp.ESMTP):
         """Whether the upstream may have the message whose outcome the client waits for."""
         return self._pending is not None and self._pending.committed
 
-    def _hold(self):
-        """Take no input and run no timer until L{_resume}."""
-        self._held = True
-        self._reading()
-        self.setTimeout(None)
-
-    def _await(self, deferred):
-        """
-        Answer the current command with the L{replies.Reply} that
-        C{deferred} fires with (it never fails), holding the commands
-        after it until then.  If the client goes first, C{deferred} is
-        cancelled and nothing is sent.
-        """
-        self._hold()
-        self._awaiting = deferred
-        deferred.addCallback(self._awaited)
-
-    def _awaited(self, reply):
-        self._awaiting = None
-        self._resume(reply)
-
     def _message_done(self, reply):
         """The message's outcome; the API's C{authId} for it goes into the transcript too."""
         if self._pending.auth_id is not None:
             self._log_input(f"[policy authId {self._pending.auth_id}]")
         self._pending = None
         self._resume(reply)
-
-    def _resume(self, reply):
-        """
-        Send the reply that held the input, then take input again; after a
-        C{421} (a lock-out) the connection is closed instead.
-        """
-        self.reply(reply)
-        self._held = False
-        if reply.code == 421:
-            self._close()
-            return
-        if self._closing or self.factory.draining:
-            self.shut_down()  # nothing more for a client that hung up after its dot
-            return
-        self.setTimeout(self.limits.idle_timeout)
-        self._reading()
-        self._drain()
 
     def _end_transaction(self):
         """
@@ -609,13 +419,6 @@ class ProxySession(smtp.ESMTP):
         self._end_transaction()
         super().connectionLost(reason)
 
-    def _log_disconnect(self, handshake_failure):
-        if handshake_failure is not None:
-            self._log_input(f"[TLS handshake failed: {handshake_failure}]")
-        elif self._message is not None:
-            self._log_input(f"[connection lost in DATA after {self._message.size} bytes]")
-        else:
-            self._log_input("[disconnected]")
 
 
 def _host(address):
@@ -633,16 +436,3 @@ def _host(address):
         return host
     return host if mapped is None else str(mapped)
 
-
-def _loggable(data):
-    """
-    A line for the transcript: control characters from the client (a bare
-    CR that makes a terminal overwrite the line, an escape sequence) are
-    shown as escapes, so no client can forge or hide transcript lines.
-    """
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", _text(data))
-
-
-def _text(data):
-    """Bytes from the wire as text for logs and the API (docs/protocol.rst section 3)."""
-    return data.decode("utf-8", "replace") if isinstance(data, bytes) else data

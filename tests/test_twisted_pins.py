@@ -256,13 +256,6 @@ class SMTPServerPins(PinTestCase):
         session.callLater = Clock().callLater
         return session, _connected(session, transport)
 
-    def test_heloField(self):
-        with self.reliedOn("SMTP._helo ((None, peer host) after connectionMade)",
-                           "smtpproxy.session.ProxySession (_greet, smtp_STARTTLS, smtp_MAIL)"):
-            peer = IPv4Address("TCP", "192.0.2.1", 40000)
-            session, _ = self.session(StringTransport(peerAddress=peer))
-            self.assertEqual(session._helo, (None, "192.0.2.1"))
-
     def test_greetingAndHost(self):
         with self.reliedOn("SMTP.connectionMade (220 + greeting()) and the SMTP.host setter",
                            "smtpproxy.session.ProxySession (greeting, EHLO reply)"):
