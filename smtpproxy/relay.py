@@ -47,12 +47,13 @@ class Stale(Exception):
         self.failure = failure
 
 
-class RelaySender(UpstreamClient):
+class KeptConnection(UpstreamClient):
     """
-    Send messages, each all or nothing, and report the reply that decided
-    each: the Deferred of L{send} fires with C{(code, text)} of the DATA
-    reply or of a 4xx/5xx refusal, or fails if the upstream could not be
-    used.
+    An upstream connection that carries messages one after another and
+    waits, idle, in its L{smtpproxy.pool.Pool} between them: the
+    bookkeeping of one message at a time (L{send}, L{_decide}, L{_fail}),
+    of being idle (L{idle}, L{quit}) and of how the connection ends.
+    L{RelaySender} does the SMTP transaction itself.
 
     @ivar messages: how many messages this connection was given.
     @ivar reusable: whether it may carry another message: not after an
@@ -65,7 +66,6 @@ class RelaySender(UpstreamClient):
     _envelope = None
     _accepted = False
     _reused = False
-    _open = False
     _idle = False
 
     def ready(self):
@@ -94,11 +94,126 @@ class RelaySender(UpstreamClient):
         self._idle = False
         self.messages += 1
         self.setTimeout(self.timeout)
+        self._start()
+        return message
+
+    def _start(self):
+        """Subclasses send the message in C{self._envelope} here."""
+        raise NotImplementedError
+
+    def _decide(self, code, resp):
+        """The message is decided: its Deferred fires, the pool takes the connection back."""
+        message, self._message = self._message, None
+        if message is not None:
+            message.callback((code, resp))
+            self.factory.pool.release(self)
+
+    def _fail(self, failure):
+        """
+        The message failed: as L{Stale} if nothing could have reached
+        anybody on a kept connection, so the pool tries a new one.
+        """
+        message, self._message = self._message, None
+        if message is not None:
+            if self._reused and not self._accepted:
+                failure = Failure(Stale(failure))
+            message.errback(failure)
+
+    def idle(self, seconds):
+        """
+        Wait for the next message; any line the upstream sends meanwhile
+        (a 421 before it closes) ends the connection, and so do C{seconds}
+        without a message (L{timeoutConnection}).
+        """
+        self._idle = True
+        self._expected = ()
+        self._okresponse = self._failresponse = self._spokeWhileIdle
+        self.setTimeout(seconds)
+
+    def _spokeWhileIdle(self, code, resp):
+        self.reusable = False
+        self.factory.pool.lost(self)
+        self.transport.loseConnection()
+
+    def quit(self, timeout=None):
+        """Say QUIT and close once it is answered (or C{timeout}, else the step timeout, passes)."""
+        self._idle = False
+        self.reusable = False
+        if self.transport.disconnecting:
+            return
+        self.setTimeout(timeout or self.timeout)
+        self._disconnectFromServer()
+
+    def timeoutConnection(self):
+        """Idle too long: QUIT politely; waiting for an answer: abort."""
+        if self._idle:
+            self.factory.pool.lost(self)
+            self.quit()
+            return
+        self.reusable = False
+        super().timeoutConnection()
+
+    def sendError(self, exc):
+        self.reusable = False
+        super().sendError(exc)
+
+    def connectionLost(self, reason):
+        """
+        A message still under way fails with the connection's first error
+        (or the reason it ended); as L{Stale} if nothing could have been
+        delivered on a kept connection.
+        """
+        self.reusable = False
+        self.factory.pool.lost(self)
+        self._fail(self._outcome if isinstance(self._outcome, Failure) else reason)
+        super().connectionLost(reason)
+
+    def _tell_client(self, client):
+        """
+        XCLIENT (C{--upstream_xclient}): the upstream takes the real client
+        for the connection's, answers with a new greeting, and wants EHLO
+        again; then the message goes as usual.  A refusal means the
+        upstream does not trust the proxy for it: the message waits (451)
+        and the log says why, rather than go as if from the proxy.
+        Such a connection carries only this client's message.
+        """
+        self.factory.xclient = None
+        self.reusable = False
+        self._expected = [220]
+        self._okresponse = self._greetedAgain
+        self._failresponse = self._xclientRefused
+        self.sendLine(xclient_command(client, self.capabilities.xclient).encode("ascii"))
+
+    def _greetedAgain(self, code, resp):
+        self._expected = [250]
+        self._okresponse = self._helloAgain
+        self._failresponse = self._xclientRefused
+        self.sendLine(b"EHLO " + self.factory.domain)
+
+    def _helloAgain(self, code, resp):
+        self.capabilities = Capabilities.from_ehlo(resp)
+        self.ready()
+
+    def _xclientRefused(self, code, resp):
+        self.sendError(smtp.SMTPProtocolError(code, b"XCLIENT refused: " + resp))
+
+
+class RelaySender(KeptConnection):
+    """
+    Send messages, each all or nothing, and report the reply that decided
+    each: the Deferred of L{send} fires with C{(code, text)} of the DATA
+    reply or of a 4xx/5xx refusal, or fails if the upstream could not be
+    used.
+    """
+
+    _open = False
+
+    def _start(self):
+        """RSET first if the last transaction was left open (a refusal before the data)."""
         if self._open:
             self._command(b"RSET", self._reset)
         else:
             self._transaction()
-        return message
 
     def _command(self, line, handler):
         self._expected = range(1000)
@@ -280,99 +395,3 @@ class RelaySender(UpstreamClient):
         else:
             self._open = False
             self._refused(code, resp)
-
-    def _decide(self, code, resp):
-        """The message is decided: its Deferred fires, the pool takes the connection back."""
-        message, self._message = self._message, None
-        if message is not None:
-            message.callback((code, resp))
-            self.factory.pool.release(self)
-
-    def _fail(self, failure):
-        """
-        The message failed: as L{Stale} if nothing could have reached
-        anybody on a kept connection, so the pool tries a new one.
-        """
-        message, self._message = self._message, None
-        if message is not None:
-            if self._reused and not self._accepted:
-                failure = Failure(Stale(failure))
-            message.errback(failure)
-
-    def idle(self, seconds):
-        """
-        Wait for the next message; any line the upstream sends meanwhile
-        (a 421 before it closes) ends the connection, and so do C{seconds}
-        without a message (L{timeoutConnection}).
-        """
-        self._idle = True
-        self._expected = ()
-        self._okresponse = self._failresponse = self._spokeWhileIdle
-        self.setTimeout(seconds)
-
-    def _spokeWhileIdle(self, code, resp):
-        self.reusable = False
-        self.factory.pool.lost(self)
-        self.transport.loseConnection()
-
-    def quit(self, timeout=None):
-        """Say QUIT and close once it is answered (or C{timeout}, else the step timeout, passes)."""
-        self._idle = False
-        self.reusable = False
-        if self.transport.disconnecting:
-            return
-        self.setTimeout(timeout or self.timeout)
-        self._disconnectFromServer()
-
-    def timeoutConnection(self):
-        """Idle too long: QUIT politely; waiting for an answer: abort."""
-        if self._idle:
-            self.factory.pool.lost(self)
-            self.quit()
-            return
-        self.reusable = False
-        super().timeoutConnection()
-
-    def sendError(self, exc):
-        self.reusable = False
-        super().sendError(exc)
-
-    def connectionLost(self, reason):
-        """
-        A message still under way fails with the connection's first error
-        (or the reason it ended); as L{Stale} if nothing could have been
-        delivered on a kept connection.
-        """
-        self.reusable = False
-        self.factory.pool.lost(self)
-        self._fail(self._outcome if isinstance(self._outcome, Failure) else reason)
-        super().connectionLost(reason)
-
-    def _tell_client(self, client):
-        """
-        XCLIENT (C{--upstream_xclient}): the upstream takes the real client
-        for the connection's, answers with a new greeting, and wants EHLO
-        again; then the message goes as usual.  A refusal means the
-        upstream does not trust the proxy for it: the message waits (451)
-        and the log says why, rather than go as if from the proxy.
-        Such a connection carries only this client's message.
-        """
-        self.factory.xclient = None
-        self.reusable = False
-        self._expected = [220]
-        self._okresponse = self._greetedAgain
-        self._failresponse = self._xclientRefused
-        self.sendLine(xclient_command(client, self.capabilities.xclient).encode("ascii"))
-
-    def _greetedAgain(self, code, resp):
-        self._expected = [250]
-        self._okresponse = self._helloAgain
-        self._failresponse = self._xclientRefused
-        self.sendLine(b"EHLO " + self.factory.domain)
-
-    def _helloAgain(self, code, resp):
-        self.capabilities = Capabilities.from_ehlo(resp)
-        self.ready()
-
-    def _xclientRefused(self, code, resp):
-        self.sendError(smtp.SMTPProtocolError(code, b"XCLIENT refused: " + resp))
