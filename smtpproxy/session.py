@@ -9,11 +9,11 @@ TLS, falls out of DATA on a long line and forces the final reply to 250 or
 greeting, the TLS context and STARTTLS capability check, the EHLO extension
 listing, reply formatting and the idle timer.
 
-Three concerns live in mixins of their own modules: the input pulling and
-flow control (L{smtpproxy.flow}), the AUTH exchange
-(L{smtpproxy.authexchange}) and the transcript (L{smtpproxy.transcript}).
-This module has the commands, the session's state and its connection
-events.  The client's HELO/EHLO name is the session's own C{helo_name}:
+Four concerns live in mixins of their own modules: the input pulling and
+flow control (L{smtpproxy.flow}), the mail transaction
+(L{smtpproxy.mailcommands}), the AUTH exchange (L{smtpproxy.authexchange})
+and the transcript (L{smtpproxy.transcript}).  This module has the other
+commands, the session's state and its connection events.  The client's HELO/EHLO name is the session's own C{helo_name}:
 Twisted's C{_helo} belongs to its command loop, which is not used.
 
 Timeouts (each a L{Limits} field): C{pretls_timeout} runs from connect to
@@ -38,12 +38,13 @@ from zope.interface import implementer
 
 from smtpproxy import replies
 from smtpproxy.authexchange import AuthExchange
-from smtpproxy.commands import CommandError, parse_command, parse_mail, parse_rcpt
+from smtpproxy.commands import parse_command
 from smtpproxy.flow import InputFlow
+from smtpproxy.mailcommands import MailCommands
 from smtpproxy.framing import Framer
 from smtpproxy.parameters import Offer
 from smtpproxy.tls import handshake_error, negotiated
-from smtpproxy.transcript import Transcript, text
+from smtpproxy.transcript import Transcript
 
 NEEDS_TLS = frozenset({"AUTH", "MAIL", "RCPT", "DATA"})
 
@@ -58,7 +59,7 @@ its slot, or a drain with nothing in flight from waiting for it.
 
 
 @implementer(IPushProducer, IHandshakeListener)
-class ProxySession(InputFlow, AuthExchange, Transcript, smtp.ESMTP):
+class ProxySession(InputFlow, MailCommands, AuthExchange, Transcript, smtp.ESMTP):
     """
     One client connection.
 
@@ -125,19 +126,6 @@ class ProxySession(InputFlow, AuthExchange, Transcript, smtp.ESMTP):
         if self.startedTLS:
             ext[b"AUTH"] = [b"PLAIN", b"LOGIN"]
         return ext
-
-    def _origin(self):
-        """The real client, as XCLIENT names it to the upstream (C{--upstream_xclient})."""
-        peer = self.transport.getPeer()
-        address = self.client if ":" not in self.client else "IPV6:" + self.client
-        return {
-            "NAME": "[UNAVAILABLE]",
-            "ADDR": address,
-            "PORT": str(getattr(peer, "port", "")) or None,
-            "PROTO": "ESMTP" if self._offer_extended else "SMTP",
-            "HELO": text(self.helo_name or b"") or None,
-            "LOGIN": self._login.username,
-        }
 
     def _upstream_offer(self):
         """
@@ -213,106 +201,6 @@ class ProxySession(InputFlow, AuthExchange, Transcript, smtp.ESMTP):
             self._handshaking = True
             self.transport.startTLS(self.ctx)
             self.startedTLS = True
-
-    def smtp_MAIL(self, argument):
-        if self._login is None:
-            self.reply(replies.AUTH_REQUIRED)
-        elif self._transaction is not None:
-            self.reply(replies.NESTED_MAIL)
-        else:
-            try:
-                mail = parse_mail(argument, self._offer)
-            except CommandError as e:
-                self.reply(e.reply)
-                return
-            if mail.size is not None and mail.size > self._size_limit():
-                self.reply(replies.MESSAGE_TOO_BIG)
-                return
-            helo = text(self.helo_name or b"")
-            self._transaction = self.factory.transaction(
-                self._login, self.client, helo, connection=self.number, tls=self._tls)
-            self._transaction.validateFrom(self.helo_name, mail.address)
-            self._transaction.mail_parameters = mail.parameters
-            self._transaction.origin = self._origin()
-            self.reply(replies.SENDER_OK)
-
-    def smtp_RCPT(self, argument):
-        if self._transaction is None:
-            self.reply(replies.NEED_SENDER)
-            return
-        try:
-            rcpt = parse_rcpt(argument, self._offer, self._transaction.smtputf8)
-        except CommandError as e:
-            self.reply(e.reply)
-            return
-        if len(self._transaction.recipients) >= self.limits.max_recipients:
-            self.reply(replies.TOO_MANY_RECIPIENTS)
-        elif self.factory.config.verify_recipients:
-            self._await(self._transaction.verify(rcpt.address, rcpt.parameters))
-        else:
-            self._transaction.validateTo(rcpt.address, rcpt.parameters)
-            self.reply(replies.RECIPIENT_OK)
-
-    def smtp_DATA(self, argument):
-        if argument:
-            self.reply(replies.NO_ARGUMENT_ALLOWED)
-        elif self._transaction is None or not self._transaction.recipients:
-            self.reply(replies.NEED_RECIPIENT)
-        else:
-            self._message = self._transaction.begin()
-            self._end_transaction()
-            self.reply(replies.START_DATA)
-            self._framer.start_data()
-            self.setTimeout(self.limits.data_timeout)
-
-    def _data_piece(self, piece):
-        self.resetTimeout()
-        if self._framer.bare_line_end:
-            self._message.refuse(replies.BARE_LINE_END)
-        else:
-            self._message.dataReceived(piece.data)
-        if piece.end:
-            message = self._pending = self._message
-            self._message = None
-            self._log_input(f"[message data, {message.size} bytes]")
-            self._hold()
-            message.eomReceived().addCallback(self._message_done)
-
-    @property
-    def delivering(self):
-        """
-        Whether the client is sending a message or waits for a reply (a
-        message's outcome, a recipient's verdict).
-        """
-        return self._held or self._message is not None
-
-    @property
-    def committed(self):
-        """Whether the upstream may have the message whose outcome the client waits for."""
-        return self._pending is not None and self._pending.committed
-
-    def _message_done(self, reply):
-        """The message's outcome; the API's C{authId} for it goes into the transcript too."""
-        if self._pending.auth_id is not None:
-            self._log_input(f"[policy authId {self._pending.auth_id}]")
-        self._pending = None
-        self._resume(reply)
-
-    def _end_transaction(self):
-        """
-        Drop the transaction, if any, and with it the upstream connection
-        its recipient checks used.
-        """
-        if self._transaction is not None:
-            self._transaction.end()
-            self._transaction = None
-
-    def smtp_RSET(self, argument):
-        if argument:
-            self.reply(replies.NO_ARGUMENT_ALLOWED)
-        else:
-            self._end_transaction()
-            self.reply(replies.RESET_OK)
 
     def smtp_NOOP(self, argument):
         self.reply(replies.NOOP_OK)

@@ -14,7 +14,6 @@ import inspect
 import io
 
 import twisted
-from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, ITLSTransport
