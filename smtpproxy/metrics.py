@@ -91,7 +91,7 @@ class Metrics:
             "smtpproxy_api_latency_seconds", "Policy API exchanges.",
             buckets=_LATENCY, registry=self.registry)
         self.upstream_latency = Histogram(
-            "smtpproxy_upstream_latency_seconds", "Upstream deliveries, connect to reply.",
+            "smtpproxy_upstream_latency_seconds", "Upstream deliveries, from the allow to the reply.",
             buckets=_LATENCY, registry=self.registry)
         self.upstream_connections = Counter(
             "smtpproxy_upstream_connections",
