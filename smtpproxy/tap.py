@@ -27,6 +27,7 @@ from smtpproxy import haproxy, manual
 from smtpproxy._version import __version__
 from smtpproxy.config import BARE_LF, UPSTREAM_TLS, Limits, Policy, ProxyConfig, Upstream, networks
 from smtpproxy.descriptors import REFUSAL, guard, raise_limit
+from smtpproxy.endpoints import endpoint_description
 from smtpproxy.health import Readiness, add_pages, tcp_check
 from smtpproxy.logs import LEVELS, LogFile, LogRouter, main_log, reopen
 from smtpproxy.memory import TRIM_INTERVAL, trimmer
@@ -35,12 +36,7 @@ from smtpproxy.upstream import probe as upstream_probe
 from smtpproxy.startup import check_http_url, fail, listen
 from smtpproxy.tls import ReloadableContext, TLSFilesError, load_trust_root, policy_from_options
 
-_IPV4_PORT = re.compile(r"^((?:\d{1,3}\.){3}\d{1,3})?:(\d+)$")
-BACKLOG = 511
-"""Pending connections the kernel may queue per listener (nginx's default)."""
-
 _LISTEN_TLS = re.compile(r"^--listen_tls(?==|$)")
-_IPV6_PORT = re.compile(r"^\[([0-9A-Fa-f:.]+)\]:(\d+)$")
 
 _POSITIVE = ("api_connections", "api_queue", "header_memory", "upstream_pool_messages")
 """Options that cannot be 0: no API request, or no message, could ever pass."""
@@ -50,27 +46,6 @@ _policy = Policy("")
 _kept = Upstream("", 0)
 
 log = Logger()
-
-
-def endpoint_description(listen):
-    """
-    A Twisted endpoint string for a C{--listen} value.
-
-    The original's C{ip:port} and C{[v6]:port} forms (and C{:port} for every
-    address) are translated, with a listen backlog of L{BACKLOG} instead of
-    Twisted's 50, which drops connections in a burst well below
-    C{--max_connections}; anything else is taken as an endpoint string
-    (C{tcp:587:backlog=1024}, C{haproxy:tcp:587},
-    C{systemd:domain=INET:index=0}...).
-    """
-    if m := _IPV4_PORT.match(listen):
-        host, port = m.groups()
-        interface = f":interface={host}" if host else ""
-        return f"tcp:{port}{interface}:backlog={BACKLOG}"
-    if m := _IPV6_PORT.match(listen):
-        host, port = m.groups()
-        return f"tcp6:{port}:interface=" + host.replace(":", r"\:") + f":backlog={BACKLOG}"
-    return listen
 
 
 def _upstream(options):

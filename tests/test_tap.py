@@ -22,19 +22,6 @@ from tests.support.certs import make_certificates
 from tests.support.twistd import twistd_command, twistd_environment
 
 
-class EndpointTests(SynchronousTestCase):
-    def test_legacy_forms(self):
-        self.assertEqual(tap.endpoint_description("127.0.0.1:2525"),
-                         "tcp:2525:interface=127.0.0.1:backlog=511")
-        self.assertEqual(tap.endpoint_description(":25"), "tcp:25:backlog=511")
-        self.assertEqual(tap.endpoint_description("[::1]:587"),
-                         r"tcp6:587:interface=\:\:1:backlog=511")
-
-    def test_endpoint_strings_pass(self):
-        for text in ["tcp:587", "haproxy:tcp:587", "systemd:domain=INET:index=0", "unix:/run/s"]:
-            self.assertEqual(tap.endpoint_description(text), text)
-
-
 class OptionsTests(SynchronousTestCase):
     def setUp(self):
         directory = self.mktemp()

@@ -15,10 +15,10 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 
+from smtpproxy.endpoints import endpoint_description
 from smtpproxy.refapi.policyfile import PolicyFileError, load
 from smtpproxy.refapi.web import PolicyResource, PolicySite
 from smtpproxy.startup import fail, listen
-from smtpproxy.tap import endpoint_description
 
 log = Logger(namespace="smtpproxy.refapi")
 
