@@ -1,8 +1,8 @@
-# -*- test-case-name: tests.test_tap -*-
+# -*- test-case-name: tests.test_options -*-
 """
 The proxy's configuration as immutable value objects.
 
-The twistd plugin builds these from command-line options (L{smtpproxy.tap});
+The twistd plugin builds these from command-line options (L{smtpproxy.options});
 an application that embeds the proxy builds them directly.  Defaults are
 the ones docs/protocol.rst section 7 names.
 """

@@ -1,8 +1,8 @@
-# -*- test-case-name: tests.test_tap -*-
+# -*- test-case-name: tests.test_manual -*-
 """
 The text C{--man} prints: what the proxy does, then every option.
 
-The option reference is generated from L{smtpproxy.tap.Options}, so the
+The option reference is generated from L{smtpproxy.options.Options}, so the
 manual and C{--help} cannot disagree.
 """
 

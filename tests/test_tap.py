@@ -1,10 +1,8 @@
 """
-Tests for L{smtpproxy.tap}: options, start-up errors and the service.
+Tests for L{smtpproxy.tap}: the service twistd runs, built from the options.
 """
 
 import io
-import os
-import sys
 
 from twisted.application.service import Application, IProcess
 from twisted.internet import defer, reactor
@@ -13,56 +11,22 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import ILogObserver
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web.server import Site
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import TestCase
 
 from smtpproxy import tap
 from smtpproxy.haproxy import _HeaderFirstFactory
-from smtpproxy.tls import ReloadableContext, TLSPolicy
-from tests.support.certs import make_certificates
+from smtpproxy.options import config_from
+from smtpproxy.tls import ReloadableContext
+from tests.support.options import OptionsTestCase
 from tests.support.twistd import twistd_command, twistd_environment
 
 
-class OptionsTests(SynchronousTestCase):
-    def setUp(self):
-        directory = self.mktemp()
-        os.mkdir(directory)
-        certs = make_certificates(directory)
-        self.cert, self.key, self.ca = certs.cert_path, certs.key_path, certs.ca_path
-        self.stderr = io.StringIO()
-        self.patch(sys, "stderr", self.stderr)
-        self.stdout = io.StringIO()
-        self.patch(sys, "stdout", self.stdout)
-
-    def arguments(self, **changes):
-        values = {"listen": "127.0.0.1:0", "tohost": "127.0.0.1", "toport": "25",
-                  "tls_cert": self.cert, "tls_key": self.key, "api": "http://127.0.0.1:1/"}
-        values.update(changes)
-        return [f"--{k}={v}" for k, v in values.items() if v is not None]
-
-    def parse(self, arguments):
-        options = tap.Options()
-        options.parseOptions(arguments)
-        return options
-
-    def failure(self, arguments):
-        """The one stderr line and the exit code of a refused start."""
-        with self.assertRaises(SystemExit) as raised:
-            self.parse(arguments)
-        return self.stderr.getvalue(), raised.exception.code
-
-    def test_complete(self):
-        options = self.parse(self.arguments() + ["--listen=[::1]:0"])
-        self.assertEqual(options["listen"], ["127.0.0.1:0", "[::1]:0"])
-        config = tap.config_from(options)
-        self.assertEqual(config.upstream.port, 25)
-        self.assertEqual(config.policy.timeout, 30)
-        self.assertFalse(config.transcript)
-
+class ServiceTests(OptionsTestCase):
     def test_limits_and_drain(self):
         options = self.parse(self.arguments(
             max_connections=5, max_connections_per_ip=2, data_timeout=60, drain_timeout=7,
             max_line_length=512, spool_memory=4096))
-        limits = tap.config_from(options).limits
+        limits = config_from(options).limits
         self.assertEqual(
             (limits.max_connections, limits.max_connections_per_ip, limits.data_timeout,
              limits.max_line_length, limits.spool_memory),
@@ -70,55 +34,6 @@ class OptionsTests(SynchronousTestCase):
         self.assertIsInstance(options["tls"], ReloadableContext)
         service = tap.makeService(options, reactor=MemoryReactorClock())
         self.assertEqual(service.drain_timeout, 7)
-
-    def test_login_check_and_lockout_options(self):
-        options = self.parse(self.arguments(
-            auth_api="http://127.0.0.1:1/login", max_auth_failures=3, auth_failure_window=60,
-            limit_exempt="10.0.0.0/8, 2001:db8::/32"))
-        config = tap.config_from(options)
-        self.assertEqual(config.policy.auth_url, "http://127.0.0.1:1/login")
-        self.assertEqual(
-            (config.limits.max_auth_failures, config.limits.auth_failure_window,
-             [str(n) for n in config.limits.limit_exempt]),
-            (3, 60, ["10.0.0.0/8", "2001:db8::/32"]))
-
-    def test_login_check_off_and_loopback_exempt_by_default(self):
-        config = tap.config_from(self.parse(self.arguments()))
-        self.assertIsNone(config.policy.auth_url)
-        self.assertEqual([str(n) for n in config.limits.limit_exempt], ["127.0.0.0/8", "::1/128"])
-        self.assertEqual((config.limits.max_auth_failures, config.limits.auth_failure_window),
-                         (5, 300))
-
-    def test_empty_limit_exempt_exempts_nobody(self):
-        config = tap.config_from(self.parse(self.arguments(limit_exempt="")))
-        self.assertEqual(config.limits.limit_exempt, ())
-        self.assertFalse(config.limits.exempt("127.0.0.1"))
-
-    def test_bad_limit_exempt(self):
-        line, code = self.failure(self.arguments(limit_exempt="127.0.0.0/8,10.1.2.3/8"))
-        self.assertEqual(line, "smtpproxy: --limit_exempt: 10.1.2.3/8 has host bits set\n")
-        self.assertEqual(code, 2)
-
-    def test_missing_mandatory(self):
-        line, code = self.failure(self.arguments(api=None, listen=None))
-        self.assertEqual(line, "smtpproxy: missing mandatory option --listen or --listen_tls, --api (see --help)\n")
-        self.assertEqual(code, 2)
-
-    def test_unreadable_key(self):
-        line, code = self.failure(self.arguments(tls_key="/nonexistent/key.pem"))
-        self.assertEqual(line, "smtpproxy: cannot read key /nonexistent/key.pem: No such file or directory\n")
-        self.assertEqual(code, 2)
-
-    def test_key_not_matching(self):
-        directory = self.mktemp()
-        os.mkdir(directory)
-        other = make_certificates(directory).key_path
-        line, _ = self.failure(self.arguments(tls_key=other))
-        self.assertIn("does not match certificate", line)
-
-    def test_garbage_certificate(self):
-        line, _ = self.failure(self.arguments(tls_cert=self.key))
-        self.assertTrue(line.startswith(f"smtpproxy: cannot read certificate {self.key}"))
 
     def test_unreadable_api_ca(self):
         """One line before anything listens (the file is read once, by the API client)."""
@@ -129,177 +44,6 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(
             line, "smtpproxy: --api_ca: cannot read CA file /nonexistent/ca.pem: No such file or directory\n")
         self.assertEqual(code, 2)
-
-    def test_upstream_connect_timeout_follows_upstream_timeout(self):
-        options = self.parse(self.arguments(upstream_timeout=7))
-        self.assertEqual(tap.config_from(options).upstream.connect_timeout, 7)
-
-    def test_recipient_checks(self):
-        config = tap.config_from(self.parse(self.arguments()))
-        self.assertEqual((config.verify_recipients, config.verify_cache_time), (False, 60))
-        options = self.parse(self.arguments(verify_cache_time=5) + ["--verify_recipients"])
-        config = tap.config_from(options)
-        self.assertEqual((config.verify_recipients, config.verify_cache_time), (True, 5))
-
-    def test_bare_lf(self):
-        self.assertEqual(tap.config_from(self.parse(self.arguments())).limits.bare_lf, "normalize")
-        options = self.parse(self.arguments(bare_lf="reject"))
-        self.assertEqual(tap.config_from(options).limits.bare_lf, "reject")
-        line, code = self.failure(self.arguments(bare_lf="strip"))
-        self.assertEqual((line, code), ("smtpproxy: --bare_lf must be one of normalize, reject\n", 2))
-
-    def test_bad_loglevel(self):
-        line, _ = self.failure(self.arguments(loglevel="loud"))
-        self.assertIn("--loglevel must be one of debug, info, warn, error, fatal", line)
-
-    def test_counts_that_cannot_be_zero(self):
-        """No API request, or no message, could ever pass: a start-up error, one line each."""
-        for name in ("api_connections", "api_queue", "header_memory"):
-            for value in (0, -1):
-                self.stderr.truncate(0)
-                self.stderr.seek(0)
-                line, code = self.failure(self.arguments(**{name: value}))
-                self.assertEqual(line, f"smtpproxy: --{name} must be at least 1 (not {value})\n")
-                self.assertEqual(code, 2)
-
-    def test_unknown_user(self):
-        line, _ = self.failure(self.arguments(user="no-such-user-here"))
-        self.assertEqual(line, "smtpproxy: --user: no such user no-such-user-here\n")
-
-    def test_upstream_plain_by_default(self):
-        upstream = tap.config_from(self.parse(self.arguments())).upstream
-        self.assertEqual((upstream.tls, upstream.username, upstream.client_tls), ("none", None, None))
-
-    def test_upstream_tls_and_login(self):
-        """The CA and the password file are read at start; only the file's first line counts."""
-        password_file = self.mktemp()
-        with open(password_file, "w", encoding="utf-8") as f:
-            f.write("s3cr\u00e9t\nignored\n")
-        options = self.parse(self.arguments(
-            upstream_tls="starttls", upstream_ca=self.ca, upstream_user="ann",
-            upstream_password_file=password_file,
-        ))
-        upstream = tap.config_from(options).upstream
-        self.assertEqual((upstream.tls, upstream.username), ("starttls", "ann"))
-        self.assertEqual(upstream.password, "s3cr\u00e9t")
-        self.assertIsNotNone(upstream.trust_root)
-
-    def test_upstream_password_option(self):
-        options = self.parse(self.arguments(
-            upstream_tls="tls", upstream_user="ann", upstream_password="s3cret"
-        ))
-        self.assertEqual(tap.config_from(options).upstream.password, "s3cret")
-
-    def test_bad_upstream_tls(self):
-        line, code = self.failure(self.arguments(upstream_tls="ssl"))
-        self.assertEqual(line, "smtpproxy: --upstream_tls must be one of none, starttls, tls\n")
-        self.assertEqual(code, 2)
-
-    def test_missing_upstream_ca(self):
-        line, code = self.failure(self.arguments(upstream_tls="tls", upstream_ca="/nonexistent/ca.pem"))
-        self.assertEqual(
-            line, "smtpproxy: cannot read CA file /nonexistent/ca.pem: No such file or directory\n"
-        )
-        self.assertEqual(code, 2)
-
-    def test_upstream_ca_without_certificate(self):
-        line, _ = self.failure(self.arguments(upstream_tls="tls", upstream_ca=self.key))
-        self.assertTrue(line.startswith(f"smtpproxy: cannot read CA file {self.key}: "))
-
-    def test_credentials_without_tls(self):
-        line, code = self.failure(self.arguments(upstream_user="ann", upstream_password="s3cret"))
-        self.assertEqual(
-            line,
-            "smtpproxy: upstream credentials need upstream TLS (starttls or tls): "
-            "they are never sent in clear\n",
-        )
-        self.assertEqual(code, 2)
-        self.assertNotIn("s3cret", self.stdout.getvalue())
-
-    def test_user_without_password(self):
-        line, _ = self.failure(self.arguments(upstream_tls="tls", upstream_user="ann"))
-        self.assertIn("an upstream user needs a password", line)
-
-    def test_two_passwords(self):
-        line, _ = self.failure(self.arguments(
-            upstream_tls="tls", upstream_user="ann", upstream_password="a",
-            upstream_password_file=self.key,
-        ))
-        self.assertIn("not both", line)
-
-    def test_unreadable_password_file(self):
-        line, _ = self.failure(self.arguments(
-            upstream_tls="tls", upstream_user="ann", upstream_password_file="/nonexistent/pw"
-        ))
-        self.assertEqual(
-            line, "smtpproxy: cannot read password file /nonexistent/pw: No such file or directory\n"
-        )
-
-    def test_tls_policy(self):
-        """Mozilla intermediate by default; both sides tunable; nonsense refused at start."""
-        options = self.parse(self.arguments())
-        self.assertEqual(options["tls"].policy, TLSPolicy())
-        self.assertEqual(options["upstream"].tls_policy, TLSPolicy())
-        options = self.parse(self.arguments(
-            tls_min_version="1.3", upstream_tls_min_version="1.0", upstream_tls_ciphers="HIGH"))
-        self.assertEqual(options["tls"].policy.min_version, "1.3")
-        self.assertEqual(options["upstream"].tls_policy, TLSPolicy("1.0", "HIGH"))
-
-    def test_bad_tls_policy(self):
-        line, code = self.failure(self.arguments(tls_min_version="1.4"))
-        self.assertEqual(line, "smtpproxy: --tls_min_version must be one of 1.0, 1.1, 1.2, 1.3\n")
-        self.assertEqual(code, 2)
-        self.stderr.truncate(0)
-        self.stderr.seek(0)
-        line, _ = self.failure(self.arguments(upstream_tls_ciphers="NO-SUCH-CIPHER"))
-        self.assertEqual(line, "smtpproxy: --upstream_tls_ciphers: no usable cipher in 'NO-SUCH-CIPHER'\n")
-
-    def test_version(self):
-        with self.assertRaises(SystemExit) as raised:
-            self.parse(["--version"])
-        self.assertEqual(raised.exception.code, 0)
-        self.assertRegex(self.stdout.getvalue(), r"^smtpproxy \d+\.\d+\.\d+\n$")
-
-    def test_h_is_help(self):
-        """C{-h} prints what C{--help} prints and exits 0."""
-        texts = []
-        for flag in ["-h", "--help"]:
-            with self.assertRaises(SystemExit) as raised:
-                self.parse([flag])
-            self.assertEqual(raised.exception.code, 0)
-            texts.append(self.stdout.getvalue())
-            self.stdout.seek(0)
-            self.stdout.truncate()
-        self.assertEqual(texts[0], texts[1])
-        self.assertIn("-h, --help", texts[0])
-
-    def test_man_lists_every_option(self):
-        with self.assertRaises(SystemExit):
-            self.parse(["--man"])
-        manual = self.stdout.getvalue()
-        for name in ["listen", "user", "tohost", "toport", "tls_cert", "tls_key", "api",
-                     "logpath", "loglevel", "smtplog", "credentials", "max_recipients",
-                     "upstream_tls", "upstream_ca", "upstream_user", "upstream_password_file",
-                     "max_connections", "max_connections_per_ip", "data_timeout", "drain_timeout",
-                     "auth_api", "max_auth_failures", "auth_failure_window", "limit_exempt"]:
-            self.assertIn("--" + name, manual)
-
-    def test_readme_lists_every_option(self):
-        """README.rst's option reference stays complete."""
-        with open(os.path.join(os.path.dirname(__file__), "..", "README.rst")) as f:
-            readme = f.read()
-        options = tap.Options()
-        names = [p[0] for p in options.optParameters] + [f[0] for f in options.optFlags]
-        names += ["listen", "listen_tls", "man", "version"]
-        self.assertEqual([n for n in names if f"``--{n}" not in readme], [])
-
-    def test_help_spells_listen_tls_with_underscore(self):
-        self.assertIn("--listen_tls=", str(tap.Options()))
-
-    def test_help_shows_defaults(self):
-        text = " ".join(str(tap.Options()).split())  # as usage.Options wraps it
-        self.assertIn("--api_timeout=", text)
-        self.assertIn("[default: 30.0]", text)
 
     def test_service(self):
         """Listeners, the log observer and the user reach twistd's application."""
@@ -337,15 +81,13 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual((port, interface), (2525, "127.0.0.1"))
         self.assertIsInstance(factory, _HeaderFirstFactory)
 
-    def test_implicit_tls_alone(self):
-        options = self.parse(self.arguments(listen=None, listen_tls="127.0.0.1:465"))
-        self.assertEqual(options["listen_tls"], ["127.0.0.1:465"])
-
     def test_bad_endpoint(self):
         options = self.parse(self.arguments(listen="bogus:thing"))
         with self.assertRaises(SystemExit):
             tap.makeService(options, reactor=MemoryReactorClock())
         self.assertIn("--listen=bogus:thing", self.stderr.getvalue())
+
+
 
 
 class TwistdHelpTests(TestCase):

@@ -17,7 +17,7 @@ class _ServiceMaker:
 
     @property
     def options(self):
-        from smtpproxy.tap import Options
+        from smtpproxy.options import Options
 
         return Options
 
