@@ -4,9 +4,9 @@ The running proxy under twistd: C{twistd -n smtpproxy --listen ...}.
 
 L{makeService} takes the parsed L{smtpproxy.options.Options}, opens the
 log files before twistd drops privileges, and listens on every C{--listen}
-endpoint with the factory from L{build_factory}, the same one embedding
-applications use: at once, so that a port that cannot be opened stops the
-start (L{smtpproxy.startup}).  L{ProxyService} is what runs: the signals,
+endpoint with a L{Proxy}, the same object embedding applications use: at
+once, so that a port that cannot be opened stops the start
+(L{smtpproxy.startup}).  L{ProxyService} is what runs: the signals,
 the log observer and user for twistd, and the drain at shutdown.
 """
 
@@ -17,17 +17,14 @@ import signal
 from twisted.application.service import IProcess, MultiService
 from twisted.internet.defer import gatherResults
 from twisted.logger import ILogObserver, Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web.server import Site
 
-from smtpproxy import haproxy
-from smtpproxy.descriptors import REFUSAL, guard, raise_limit
-from smtpproxy.endpoints import endpoint_description
+from smtpproxy.descriptors import guard, raise_limit
 from smtpproxy.health import Readiness, add_pages, tcp_check
 from smtpproxy.logs import LEVELS, LogFile, LogRouter, main_log, reopen
 from smtpproxy.memory import TRIM_INTERVAL, trimmer
 from smtpproxy.options import config_from
-from smtpproxy.server import build_factory
+from smtpproxy.proxy import Proxy
 from smtpproxy.startup import fail, listen
 from smtpproxy.tls import TLSFilesError
 from smtpproxy.upstream import probe as upstream_probe
@@ -37,10 +34,11 @@ log = Logger()
 
 class ProxyService(MultiService):
     """
-    The listeners, plus what twistd must learn from the plugin: where to
-    log and which user to become (docs/twisted.rst fight I), and the signals
-    an operator sends: SIGTERM drains, SIGHUP reloads the certificate,
-    SIGUSR1 reopens the log files (after logrotate moved them).
+    The L{Proxy} (its listeners and sessions), plus what twistd must learn
+    from the plugin: where to log and which user to become (docs/twisted.rst
+    fight I), and the signals an operator sends: SIGTERM drains, SIGHUP
+    reloads the certificate, SIGUSR1 reopens the log files (after logrotate
+    moved them).
 
     The drain is twistd's ordinary shutdown: twistd stops the application
     in a "before shutdown" trigger, and the reactor waits for the Deferred
@@ -58,15 +56,16 @@ class ProxyService(MultiService):
     SIGUSR1 keep working; a second SIGTERM or SIGINT ends the drain at once
     (L{smtpproxy.server.ProxyFactory.cut_off}), with a log line.
 
+    @param proxy: the L{Proxy}, listening.
     @param reactor: the reactor, to stop and to run signal work in.
     @param drain_timeout: seconds the drain waits for messages in flight.
     @param log_files: the L{LogFile}s that SIGUSR1 reopens.
     """
 
-    def __init__(self, factory, observer, passwd, reactor, drain_timeout, log_files=()):
+    def __init__(self, proxy, observer, passwd, reactor, drain_timeout, log_files=()):
         super().__init__()
         self.after_drain = []
-        self.factory = factory
+        self.proxy = proxy
         self.observer = observer
         self.passwd = passwd
         self.drain_timeout = drain_timeout
@@ -89,7 +88,7 @@ class ProxyService(MultiService):
         Raise the open-file limit (L{raise_limit}: it is the first to run
         out under load), then serve.
         """
-        warning = raise_limit(self.factory.config.limits.max_connections)
+        warning = raise_limit(self.proxy.config.limits.max_connections)
         if warning is not None:
             log.warn(warning)
         self._trim = trimmer(self._reactor)
@@ -130,10 +129,10 @@ class ProxyService(MultiService):
             self._reactor.stop()
         else:
             log.warn("{signal} again: ending the drain now", signal=name)
-            self.factory.cut_off(everything=True)
+            self.proxy.factory.cut_off(everything=True)
 
     def _hangup(self, number, frame):
-        self._reactor.callFromThread(self.factory.config.tls.reload)
+        self._reactor.callFromThread(self.proxy.config.tls.reload)
 
     def _user1(self, number, frame):
         self._reactor.callFromThread(self.reopen_logs)
@@ -144,15 +143,16 @@ class ProxyService(MultiService):
 
     def stopService(self):
         """
-        Stop listening, drain the sessions, then close the shared clients;
-        the Deferred fires when all is done.
+        Stop the background checks, then the proxy (L{Proxy.drain}, then
+        L{Proxy.close}), then the metrics listener; the Deferred fires when
+        all is done.
         """
         self._stopping = True
         if self._trim is not None and self._trim.running:
             self._trim.stop()
         stopped = super().stopService()
-        stopped.addBoth(lambda _: self.factory.drain(self.drain_timeout))
-        stopped.addBoth(lambda _: self.factory.close())
+        stopped.addBoth(lambda _: self.proxy.drain(self.drain_timeout))
+        stopped.addBoth(lambda _: self.proxy.close())
         stopped.addBoth(lambda _: gatherResults([s.stopService() for s in self.after_drain]))
         return stopped.addBoth(self._release_signals)
 
@@ -197,33 +197,30 @@ def makeService(options, reactor=None):
     transcript = None if options["smtplog"] is None else _open(options["smtplog"], private)
     observer = LogRouter(main, LEVELS[options["loglevel"]], transcript)
     try:
-        factory = build_factory(config_from(options), reactor)
+        proxy = Proxy(config_from(options), reactor, options["listen"], options["listen_tls"])
     except TLSFilesError as e:
         fail(f"--api_ca: {e}")
     service = ProxyService(
-        factory, observer, options.get("passwd"), reactor, options["drain_timeout"],
+        proxy, observer, options.get("passwd"), reactor, options["drain_timeout"],
         [f for f in (main, transcript) if isinstance(f, LogFile)],
     )
-    listeners = [("listen", address, factory) for address in options["listen"]]
-    implicit = TLSMemoryBIOFactory(factory.config.tls, False, factory)
-    listeners += [("listen_tls", address, implicit) for address in options["listen_tls"]]
+    listeners = list(proxy.listeners)
     if options["metrics"] is not None:
-        listeners.append(("metrics", options["metrics"], _quiet_site(_metrics_pages(factory, reactor, service))))
-    for option, address, served in listeners:
+        site = _quiet_site(_metrics_pages(proxy.factory, reactor, service))
+        listeners.append(("metrics", options["metrics"], site, None))
+    for option, address, served, refusal in listeners:
         try:
-            endpoint, served = haproxy.server(
-                reactor, endpoint_description(address), served, options["pretls_timeout"])
+            endpoint, served = proxy.endpoint(address, served)
         except (ValueError, KeyError, IndexError) as e:
             fail(f"--{option}={address}: not a usable address or endpoint ({e!r})")
         listening = listen(option, address, endpoint, served)
-        refusal = None if option == "metrics" else REFUSAL if option == "listen" else b""
-        guard(listening.port, factory.descriptors_exhausted, refusal)
         if option == "metrics":
+            guard(listening.port, proxy.factory.descriptors_exhausted, refusal)
             # Up until the process exits: a balancer sees the drain on /readyz.
             listening.startService()
             service.after_drain.append(listening)
         else:
-            listening.setServiceParent(service)
+            proxy.serving(listening.port, refusal)
     return service
 
 

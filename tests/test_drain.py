@@ -162,8 +162,8 @@ class EndToEndDrainTests(TestCase):
         self.assertEqual(upstream.messages, [])
 
 
-class _Listener(Service):
-    """Stands for a listening port whose stop takes a while."""
+class _Child(Service):
+    """Stands for a child service (the background checks) whose stop takes a while."""
 
     def __init__(self):
         self.stopped = defer.Deferred()
@@ -173,7 +173,9 @@ class _Listener(Service):
         return self.stopped
 
 
-class _Factory:
+class _Proxy:
+    """Stands for L{smtpproxy.proxy.Proxy}: records its drain and close."""
+
     def __init__(self):
         self.calls = []
         self.drained = defer.Deferred()
@@ -188,18 +190,18 @@ class _Factory:
 
 
 class ServiceTests(SynchronousTestCase):
-    def test_stop_listening_then_drain_then_close(self):
-        factory = _Factory()
-        service = tap.ProxyService(factory, None, None, reactor, 7.5)
-        listener = _Listener()
-        listener.setServiceParent(service)
+    def test_children_then_drain_then_close(self):
+        proxy = _Proxy()
+        service = tap.ProxyService(proxy, None, None, reactor, 7.5)
+        child = _Child()
+        child.setServiceParent(service)
         stopped = service.stopService()
-        self.assertEqual(factory.calls, [])
-        listener.stopped.callback(None)
-        self.assertEqual(factory.calls, [("drain", 7.5)])
+        self.assertEqual(proxy.calls, [])
+        child.stopped.callback(None)
+        self.assertEqual(proxy.calls, [("drain", 7.5)])
         self.assertNoResult(stopped)
-        factory.drained.callback(None)
-        self.assertEqual(factory.calls, [("drain", 7.5), ("close",)])
+        proxy.drained.callback(None)
+        self.assertEqual(proxy.calls, [("drain", 7.5), ("close",)])
         self.successResultOf(stopped)
 
 

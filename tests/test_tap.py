@@ -52,7 +52,7 @@ class ServiceTests(OptionsTestCase):
         options = self.parse(self.arguments(user="nobody", logpath="main.log", smtplog="smtp.log"))
         service = tap.makeService(options, reactor=MemoryReactorClock())
         self.assertEqual(opened, ["main.log", "smtp.log"])
-        self.assertEqual(len(list(service)), 1)
+        self.assertEqual(len(service.proxy.ports), 1)
         application = Application("test")
         service.setServiceParent(application)
         self.assertIsInstance(application.getComponent(ILogObserver), tap.LogRouter)
