@@ -3,8 +3,10 @@
 The text C{--man} prints: what the proxy does, then every option.
 
 The option reference is generated from L{smtpproxy.options.Options}, so the
-manual and C{--help} cannot disagree.
+manual and C{--help} cannot disagree, and a new option cannot be missing.
 """
+
+import inspect
 
 from smtpproxy._version import __version__
 
@@ -167,13 +169,38 @@ def text(options):
 
 
 def _options(options):
-    for name, _, default, doc, *_ in options.optParameters:
-        suffix = f" [default: {default}]" if default is not None else ""
-        yield f"{name}=VALUE", doc + suffix
-    for name, _, doc in options.optFlags:
-        yield name, doc
-    yield "listen=ADDR", options.opt_listen.__doc__
-    yield "listen_tls=ADDR", options.opt_listen_tls.__doc__
-    yield "version", options.opt_version.__doc__
-    yield "man", options.opt_man.__doc__
-    yield "help, -h", options.opt_help.__doc__.strip()
+    """
+    A (label, help) pair for every option C{options} accepts, read from the
+    tables L{twisted.python.usage.Options} itself parses with, so that no
+    option can be left out: first those that take a value (with their
+    defaults), then the switches, each with its one-letter synonym.  Names
+    are spelled with underscores, as every option is given
+    (L{smtpproxy.options.Options.parseOptions}).
+    """
+    short = {long: name for name, long in options.synonyms.items() if len(name) == 1 and name != long}
+    for spelling in sorted(options.longOpt, key=lambda spelling: not spelling.endswith("=")):
+        name = spelling.rstrip("=")
+        label = name.replace("-", "_")
+        if spelling.endswith("="):
+            label += "=" + _metavar(options, name)
+        if name in short:
+            label += ", -" + short[name]
+        yield label, _help(options, name)
+
+
+def _metavar(options, name):
+    """What an option takes: C{VALUE}, or the argument's name in its C{opt_} method."""
+    if name in options.defaults:
+        return "VALUE"
+    handler = getattr(options, "opt_" + name.replace("-", "_"))
+    return next(iter(inspect.signature(handler).parameters)).upper()
+
+
+def _help(options, name):
+    """The option's help (its first paragraph) on one line, with its default where it has one."""
+    paragraph = options.docs[name].strip().split("\n\n")[0]
+    doc = " ".join(line.strip() for line in paragraph.splitlines())
+    default = options.defaults.get(name)
+    if default is None or name + "=" not in options.longOpt:
+        return doc
+    return f"{doc} [default: {default}]"

@@ -176,9 +176,9 @@ class Options(usage.Options):
         self["listen"] = []
         self["listen_tls"] = []
 
-    def opt_listen(self, value):
+    def opt_listen(self, addr):
         """Address to listen on: ip:port, [v6]:port or an endpoint string (repeatable)."""
-        self["listen"].append(value)
+        self["listen"].append(addr)
 
     def parseOptions(self, options=None):
         """
@@ -192,9 +192,9 @@ class Options(usage.Options):
     def getUsage(self, width=None):
         return super().getUsage(width).replace("--listen-tls=", "--listen_tls=")
 
-    def opt_listen_tls(self, value):
+    def opt_listen_tls(self, addr):
         """Address for implicit-TLS submission, port 465 style (RFC 8314; repeatable)."""
-        self["listen_tls"].append(value)
+        self["listen_tls"].append(addr)
 
     opt_h = usage.Options.opt_help
     """C{-h}: what the original documents next to C{--help}; usage.Options
