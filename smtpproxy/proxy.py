@@ -6,8 +6,8 @@ listens, drains and closes.
 Stopping without losing a message has an order: stop accepting first, then
 let the messages in flight finish (a client whose final dot went upstream
 must hear the upstream's answer, or it sends the message again), and only
-then close the policy API's connection pool, which those messages may still
-need.  twistd's service (L{smtpproxy.tap.ProxyService}) stops through this
+then close the connections kept to the policy API and the upstream, which
+those messages may still need.  twistd's service (L{smtpproxy.tap.ProxyService}) stops through this
 object too, so an embedder and the command line stop the same way.
 """
 
@@ -105,9 +105,9 @@ class Proxy:
 
     def close(self):
         """
-        Release what the proxy holds beyond its sessions (the policy API's
-        connection pool, timers), after L{drain}; any port still listening
-        is closed first.
+        Release what the proxy holds beyond its sessions (the connections
+        kept to the policy API and the upstream, timers), after L{drain};
+        any port still listening is closed first.
 
         @return: a Deferred that fires once all is released.
         """

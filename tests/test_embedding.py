@@ -25,10 +25,10 @@ MESSAGE = b"Subject: embedded\r\n\r\nbody\r\n"
 
 def _config(api_url, upstream_port, certs):
     return ProxyConfig(
-        # Idle API connections are kept far longer than the test runs: only
-        # close() lets go of them.
+        # Idle API and upstream connections are kept far longer than the
+        # test runs: only close() lets go of them.
         policy=Policy(url=api_url, timeout=5, idle_timeout=300),
-        upstream=Upstream(host="127.0.0.1", port=upstream_port, timeout=5),
+        upstream=Upstream(host="127.0.0.1", port=upstream_port, timeout=5, pool_timeout=300),
         tls=server_options(certs),
         hostname="proxy.test",
     )
@@ -53,7 +53,7 @@ class EmbeddingTests(TestCase):
         """
         A message in flight when the drain starts is delivered and its
         client hears the upstream's 250; nobody new gets in; close then lets
-        go of the policy API's connections.
+        go of the connections kept to the policy API and the upstream.
         """
         proxy = Proxy(self.config, reactor, listen=["127.0.0.1:0"])
         (port,) = yield proxy.listen()
@@ -74,7 +74,7 @@ class EmbeddingTests(TestCase):
 
         self.assertEqual(len(self.api.requests), 1)
         yield proxy.close()
-        yield self.api.wait_idle()
+        yield defer.gatherResults([self.api.wait_idle(), self.upstream.wait_idle()])
 
     @defer.inlineCallbacks
     def test_implicit_tls_listener(self):
