@@ -20,39 +20,12 @@ from prometheus_client import (
 from twisted.web.pages import notFound
 from twisted.web.resource import Resource
 
-from smtpproxy import replies
+from smtpproxy.outcome import OUTCOMES
 
-OUTCOMES = (
-    "delivered", "denied", "temp_failed", "refused_upstream", "refused_limit", "invalid", "aborted",
-)
 LOGINS = ("ok", "invalid", "temp_failed", "locked_out")
 
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _SIZE = (1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 52428800)
-
-
-def outcome(reply, policy_denied=False):
-    """
-    The outcome label for a message's final C{reply}, the word its log line
-    starts with too.
-
-    @param reply: the L{replies.Reply} the client got, or L{None} for a
-        message that never got one: its client went away (or was cut off)
-        before the final dot.
-    @param policy_denied: the policy API refused the message (its 550 or
-        450), as opposed to a refusal from the upstream or a limit.
-    """
-    if reply is None:
-        return "aborted"
-    if reply.code == 250:
-        return "delivered"
-    if policy_denied:
-        return "denied"
-    if reply in (replies.MESSAGE_TOO_BIG, replies.HEADER_TOO_BIG):
-        return "refused_limit"
-    if reply == replies.BARE_LINE_END:
-        return "invalid"
-    return "temp_failed" if reply.temporary else "refused_upstream"
 
 
 def login_result(reply):

@@ -29,7 +29,7 @@ from smtpproxy.pool import Pool
 from smtpproxy.reports import FloodReport
 from smtpproxy.session import ProxySession
 from smtpproxy.tls import log_handshake_failures
-from smtpproxy.transaction import Transaction
+from smtpproxy.transaction import Services, Transaction
 from smtpproxy.verify import RecipientCheck, VerdictCache
 
 log = Logger()
@@ -59,6 +59,11 @@ class ProxyFactory(smtp.SMTPFactory):
         self.capabilities = UpstreamCapabilities(reactor, self._probe)
         self.pool = Pool(reactor, config.upstream, config.hostname, self.capabilities.learn,
                          self.no_descriptor_to_connect, self.metrics)
+        self.message_services = Services(
+            clock=reactor, limits=config.limits, policy=policy, deliver=self.deliver,
+            recipient_check=self.recipient_check, metrics=self.metrics,
+            header_budget=self.header_budget, header_memory_full=self.header_memory_full,
+        )
         self.draining = False
         self._numbers = itertools.count(1)
         self._sessions = set()
@@ -221,7 +226,7 @@ class ProxyFactory(smtp.SMTPFactory):
 
     def transaction(self, login, client, helo, **session):
         """A new L{Transaction}; C{session} holds its C{connection} and C{tls}."""
-        return Transaction(self, login, client, helo, **session)
+        return Transaction(self.message_services, login, client, helo, **session)
 
     def recipient_check(self, sender, mail_parameters=()):
         """Ask the upstream about a transaction's recipients (C{--verify_recipients})."""

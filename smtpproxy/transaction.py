@@ -3,18 +3,25 @@
 One mail transaction, from MAIL FROM to the reply after the final dot.
 
 L{Transaction} is the proxy's C{IMessageDelivery} (the session's own
-command loop calls it where Twisted's would): it collects the envelope.  L{Message} receives the data: it splits off the header block,
+command loop calls it where Twisted's would): it collects the envelope.
+L{Message} receives the data: it splits off the header block,
 asks the policy API as soon as that block is complete (while the body may
 still be arriving), spools the body to a temporary file past a small
 in-memory threshold, and after the final dot either refuses or delivers
 upstream.  Its L{Message.eomReceived} always fires with the L{Reply} the
 client must hear; it never fails, so no cause can turn into Twisted's
 generic "550 Could not send e-mail".
+
+Both are given what they work with, as L{Services}: the data path calls
+forward into the policy client and the delivery and never back into the
+factory or the session that made them.
 """
 
 import io
 import tempfile
+from collections.abc import Callable
 
+import attrs
 from twisted.internet.defer import succeed
 from twisted.logger import Logger
 from twisted.mail import smtp
@@ -23,10 +30,44 @@ from zope.interface import implementer
 from smtpproxy import replies
 from smtpproxy.answer import build_request
 from smtpproxy.headers import HeaderReader, HeaderTooLarge
-from smtpproxy.metrics import outcome
+from smtpproxy.outcome import message_line, outcome, verdict
 from smtpproxy.parameters import present
 
 log = Logger(namespace="smtpproxy.message")
+
+
+@attrs.frozen
+class Services:
+    """
+    What every transaction and message works with: built once by the
+    factory, shared by all of them.
+
+    @ivar clock: the C{IReactorTime} that times the API and the message.
+    @ivar limits: the L{smtpproxy.config.Limits} (message and header sizes,
+        spool memory).
+    @ivar policy: the L{smtpproxy.policy.PolicyClient}: C{check(request)}
+        is a Deferred firing with a L{smtpproxy.answer.Decision}.
+    @ivar deliver: relays an allowed message:
+        C{deliver(sender, recipients, data, mail_parameters,
+        rcpt_parameters, client=...)} is a Deferred firing with the
+        client's L{replies.Reply}, never failing.
+    @ivar recipient_check: C{recipient_check(sender, mail_parameters)}, a
+        L{smtpproxy.verify.RecipientCheck} (C{--verify_recipients}).
+    @ivar metrics: the L{smtpproxy.metrics.Metrics} messages are counted in.
+    @ivar header_budget: the L{smtpproxy.headers.Budget} all header blocks
+        share.
+    @ivar header_memory_full: called with the client's address when that
+        budget refuses a message, for the summary line.
+    """
+
+    clock: object
+    limits: object
+    policy: object
+    deliver: Callable
+    recipient_check: Callable
+    metrics: object
+    header_budget: object
+    header_memory_full: Callable
 
 
 @implementer(smtp.IMessageDelivery)
@@ -37,7 +78,7 @@ class Transaction:
     Addresses arrive as strings already checked by L{smtpproxy.commands},
     which is stricter than Twisted's C{Address}.
 
-    @ivar services: the factory: config, clock, policy client, delivery.
+    @ivar services: the L{Services} it and its message work with.
     @ivar login: the client's L{smtpproxy.auth.Login}.
     @ivar client: the client's IP address (or a UNIX socket's name).
     @ivar helo: the client's EHLO/HELO argument.
@@ -82,7 +123,7 @@ class Transaction:
 
     def begin(self):
         """The one L{Message} for all recipients (docs/twisted.rst fight B)."""
-        return Message(self)
+        return Message(self, self.services)
 
     @property
     def smtputf8(self):
@@ -119,14 +160,15 @@ class Message:
     """
     The data of one transaction, in wire form (see L{smtpproxy.framing}).
 
+    @ivar transaction: the L{Transaction}: the envelope, read only.
     @ivar size: the bytes received so far (counting stops at a refusal).
     """
 
-    def __init__(self, transaction):
+    def __init__(self, transaction, services):
         self.transaction = transaction
-        services = transaction.services
-        self._limits = services.config.limits
-        self._clock = services.reactor
+        self._services = services
+        self._limits = services.limits
+        self._clock = services.clock
         self._started = self._clock.seconds()
         self._headers = HeaderReader(self._limits.max_header_size)
         self._budget = services.header_budget
@@ -152,7 +194,7 @@ class Message:
             return
         if self._block is None:
             if not self._budget.take(self._held, len(data)):
-                self.transaction.services.header_memory_full(self.transaction.client)
+                self._services.header_memory_full(self.transaction.client)
                 self.refuse(replies.HEADER_MEMORY)
                 return
             self._held += len(data)
@@ -202,19 +244,14 @@ class Message:
         )
         asked = self._clock.seconds()
         self._policy = "pending"
-        self._decision = t.services.policy.check(request).addCallback(self._answered, asked)
+        self._decision = self._services.policy.check(request).addCallback(self._answered, asked)
 
     def _answered(self, decision, asked):
         """Time the API when it answers, not when the message ends."""
         self._api_time = self._clock.seconds() - asked
         self.auth_id = decision.auth_id
-        if decision.allowed:
-            self._policy = "allow"
-        elif decision.reply == replies.POLICY_UNAVAILABLE:
-            self._policy = "unavailable"
-        else:
-            self._policy = "deny"
-        self.transaction.services.metrics.api_latency.observe(self._api_time)
+        self._policy = verdict(decision)
+        self._services.metrics.api_latency.observe(self._api_time)
         return decision
 
     def eomReceived(self):
@@ -238,8 +275,8 @@ class Message:
         data = self._upstream_data = _Concatenation(head, self._spool)
         t = self.transaction
         sender = t.sender if decision.sender is None else decision.sender
-        return t.services.deliver(sender, t.recipients, data, t.mail_parameters,
-                                  t.rcpt_parameters, client=t.origin)
+        return self._services.deliver(sender, t.recipients, data, t.mail_parameters,
+                                      t.rcpt_parameters, client=t.origin)
 
     def _crashed(self, failure):
         log.failure("message handling failed", failure)
@@ -248,21 +285,15 @@ class Message:
     def _finished(self, reply):
         self._release()
         self._spool.close()
-        t = self.transaction
-        result = outcome(reply, policy_denied=self._policy == "deny")
-        t.services.metrics.messages.labels(result).inc()
-        t.services.metrics.message_size.observe(self.size)
-        f = self._fields()
+        metrics = self._services.metrics
+        result = outcome(reply, self._policy)
+        metrics.messages.labels(result).inc()
+        metrics.message_size.observe(self.size)
+        fields = self._fields()
         api = "-" if self._api_time is None else f"{self._api_time * 1000:.0f}ms"
-        auth_id = "" if self.auth_id is None else f"auth_id={self.auth_id!r} "
-        line = (
-            f"message {result} conn={f['conn']} client={f['client']} user={f['user']!r} "
-            f"from=<{f['sender']}> rcpts={f['count']} size={f['size']} policy={f['policy']} "
-            f"api={api} tls={f['tls']} {auth_id}reply={reply.code} {reply.text} "
-            f"time={f['time']:.0f}ms"
-        )
-        log.info("{line}", line=line, result=result, api=api, code=reply.code, text=reply.text,
-                 auth_id=self.auth_id, **f)
+        log.info("{line}", line=message_line(result, fields, api, self.auth_id, reply),
+                 result=result, api=api, code=reply.code, text=reply.text,
+                 auth_id=self.auth_id, **fields)
         return reply
 
     def connectionLost(self):
@@ -272,7 +303,7 @@ class Message:
         DATA"), with how far it got and what the API had said by then.
         """
         result = outcome(None)
-        self.transaction.services.metrics.messages.labels(result).inc()
+        self._services.metrics.messages.labels(result).inc()
         log.info(
             "message {result} conn={conn} client={client} user={user!r} from=<{sender}> "
             "rcpts={count} after={size} policy={policy} tls={tls} time={time:.0f}ms",
@@ -281,12 +312,7 @@ class Message:
         self._drop()
 
     def _fields(self):
-        """
-        What both kinds of a message's line tell.  The final line is put
-        together with an f-string and logged whole (its fields go along for
-        structured observers): with a format string, Twisted would parse it
-        again for every message, a few per cent of a small message's CPU.
-        """
+        """What both kinds of a message's line tell."""
         t = self.transaction
         return dict(
             conn=t.connection,

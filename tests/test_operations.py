@@ -16,7 +16,8 @@ from tests.support.loopback import listen_loopback
 from tests.support.stack import Stack
 from tests.test_end_to_end import MESSAGE
 from smtpproxy import replies
-from smtpproxy.metrics import OUTCOMES, outcome
+from smtpproxy.answer import Decision
+from smtpproxy.outcome import OUTCOMES, outcome, verdict
 from smtpproxy.tap import _quiet_site
 
 
@@ -88,8 +89,11 @@ class OutcomeTests(SynchronousTestCase):
     def test_each_outcome(self):
         cases = [
             ((replies.Reply(250, "2.0.0 Ok: queued"),), "delivered"),
-            ((replies.Reply(550, "5.7.1 not you"), True), "denied"),
-            ((replies.Reply(450, "4.7.1 later"), True), "denied"),
+            ((replies.Reply(550, "5.7.1 not you"), "deny"), "denied"),
+            ((replies.Reply(450, "4.7.1 later"), "deny"), "denied"),
+            ((replies.MESSAGE_TOO_BIG, "deny"), "denied"),
+            ((replies.POLICY_UNAVAILABLE, "unavailable"), "temp_failed"),
+            ((replies.Reply(554, "5.7.1 rejected"), "allow"), "refused_upstream"),
             ((replies.POLICY_UNAVAILABLE,), "temp_failed"),
             ((replies.Reply(554, "5.7.1 rejected"),), "refused_upstream"),
             ((replies.MESSAGE_TOO_BIG,), "refused_limit"),
@@ -99,3 +103,14 @@ class OutcomeTests(SynchronousTestCase):
         for arguments, expected in cases:
             self.assertEqual(outcome(*arguments), expected, arguments)
         self.assertEqual(set(OUTCOMES), {expected for _, expected in cases})
+
+    def test_each_verdict(self):
+        """The API's word on a message, as the log line's policy= shows it."""
+        cases = [
+            (Decision(), "allow"),
+            (Decision(reply=replies.Reply(550, "5.7.1 not you")), "deny"),
+            (Decision(reply=replies.Reply(450, "4.7.1 later")), "deny"),
+            (Decision.unavailable("timeout"), "unavailable"),
+        ]
+        for decision, expected in cases:
+            self.assertEqual(verdict(decision), expected, decision)
