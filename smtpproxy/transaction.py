@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_session -*-
+# -*- test-case-name: tests.test_transaction,tests.test_session -*-
 """
 One mail transaction, from MAIL FROM to the reply after the final dot.
 
