@@ -304,6 +304,12 @@ class FakeUpstreamPins(PinTestCase):
             self.assertIn("_SMTP__inbody", smtp.SMTP.do_DATA.__code__.co_names)
             self.assertIn("_SMTP__inbody", smtp.SMTP.dataLineReceived.__code__.co_names)
 
+    def test_heloField(self):
+        with self.reliedOn("SMTP._helo (set by HELO and EHLO, handed to validateFrom by MAIL)",
+                           "tests/support/upstream.py (_Session.do_XCLIENT forgets the name)"):
+            for method in (smtp.SMTP.do_HELO, smtp.ESMTP.do_EHLO, smtp.SMTP.do_MAIL):
+                self.assertIn("_helo", method.__code__.co_names, method.__qualname__)
+
 
 class WebClientPins(PinTestCase):
     """The HTTP connection pool hook L{smtpproxy.policy} uses to silence its log lines."""
