@@ -252,6 +252,18 @@ class LoopbackTests(PolicyTestMixin, TestCase):
         self.assertEqual(server.connections, 10)
 
     @inlineCallbacks
+    def test_new_connections_are_not_logged(self):
+        """Twisted's "Starting factory" line for every new API connection says nothing: none."""
+        url, server = self.listen(ApiResource())
+        del self.events[:]
+        client = self.client(url)
+        yield gatherResults([client.check(REQUEST) for _ in range(3)])
+        yield client.close()
+        yield server.wait_idle()
+        self.assertEqual(server.connections, 3)
+        self.assertEqual([formatEvent(e) for e in self.events if "factory" in formatEvent(e)], [])
+
+    @inlineCallbacks
     def test_refused(self):
         url, server = self.listen(ApiResource())
         yield server.close()
