@@ -36,7 +36,7 @@ def outcome(reply, policy_denied=False):
     The outcome label for a message's final C{reply}, the word its log line
     starts with too.
 
-    @param reply: the L{replies.Reply} the client got, or L{None} for a
+    @param reply: the L{replies.Reply} the client got, or C{None} for a
         message that never got one: its client went away (or was cut off)
         before the final dot.
     @param policy_denied: the policy API refused the message (its 550 or

@@ -77,7 +77,7 @@ class _Pool(HTTPConnectionPool):
 @implementer(IAgentEndpointFactory)
 class _Endpoints:
     """
-    Where the agent connects for one request, as Twisted's own L{Agent} does
+    Where the agent connects for one request, as Twisted's own C{Agent} does
     it (TCP, with TLS for https), but quiet: Twisted logs "Starting factory"
     at info for every new connection, a line per message under load that
     says nothing.
@@ -175,8 +175,8 @@ class PolicyClient:
     Asks the policy API about messages (and logins) over one persistent
     connection pool.
 
-    @param http: a treq L{HTTPClient} to use instead of the pooled one
-        (L{treq.testing.StubTreq} in unit tests).
+    @param http: a treq C{HTTPClient} to use instead of the pooled one
+        (C{treq.testing.StubTreq} in unit tests).
     @ivar exhausted: if set, called with C{"policy API"} or C{"login API"}
         instead of a warning line when a connection could not be made for
         want of a file descriptor (L{smtpproxy.descriptors}: such failures
@@ -199,7 +199,7 @@ class PolicyClient:
     def check(self, request: dict) -> Deferred:
         """
         POST C{request} (from L{smtpproxy.answer.build_request}) and fire
-        with the L{Decision}; never errback, except with L{CancelledError}
+        with the L{Decision}; never errback, except with C{CancelledError}
         after the caller cancels, which aborts the HTTP exchange (closing
         its connection, so the API can stop working on it) or takes the
         request out of the queue.
@@ -311,7 +311,7 @@ def _post(http, url, body):
 class _AnswerReader(Protocol):
     """
     Reads the answer body, at most L{MAX_ANSWER} bytes.  Unlike
-    L{treq.collect}, cancelling C{done} (the deadline, the caller) closes the
+    C{treq.collect}, cancelling C{done} (the deadline, the caller) closes the
     connection, so an API that stalls mid-body cannot keep a socket.
     """
 

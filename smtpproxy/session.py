@@ -2,7 +2,7 @@
 """
 The client side: one L{ProxySession} per connection.
 
-It is Twisted's L{smtp.ESMTP} with the command loop replaced, because the
+It is Twisted's C{smtp.ESMTP} with the command loop replaced, because the
 stock one executes plaintext pipelined behind STARTTLS, offers AUTH without
 TLS, falls out of DATA on a long line and forces the final reply to 250 or
 550 (docs/twisted.rst fights A, C, E, F).  What is kept from Twisted: the

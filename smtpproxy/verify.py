@@ -64,7 +64,7 @@ class VerdictCache:
         self._entries = OrderedDict()
 
     def get(self, key):
-        """The L{replies.Reply} kept for C{key}, or L{None}."""
+        """The L{replies.Reply} kept for C{key}, or C{None}."""
         entry = self._entries.get(key)
         if entry is None:
             return None
