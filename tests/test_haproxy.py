@@ -11,7 +11,7 @@ from smtpproxy.haproxy import _HeaderFirstFactory
 from tests.support.client import connect, submit
 from tests.support.loopback import listen_loopback
 from tests.support.stack import Stack
-from tests.test_end_to_end import MESSAGE
+from tests.support.mail import MESSAGE
 
 HEADER = b"PROXY TCP4 %s 127.0.0.1 40000 587\r\n"
 

@@ -14,7 +14,7 @@ from twisted.web.client import HTTPConnectionPool
 from tests.support.client import connect, submit
 from tests.support.loopback import listen_loopback
 from tests.support.stack import Stack
-from tests.test_end_to_end import MESSAGE
+from tests.support.mail import MESSAGE
 from smtpproxy import replies
 from smtpproxy.metrics import OUTCOMES, outcome
 from smtpproxy.tap import _quiet_site

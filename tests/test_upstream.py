@@ -23,6 +23,7 @@ from smtpproxy import replies
 from smtpproxy.config import Upstream
 from smtpproxy.pool import Pool
 from tests.support.certs import make_certificates, server_options, trust_root
+from tests.support.mail import MESSAGE
 from tests.support.upstream import start_upstream
 
 UPSTREAM = Upstream(host="upstream.example", port=25, timeout=60, connect_timeout=15)
@@ -527,7 +528,6 @@ class SecureUpstreamTests(unittest.TestCase):
     certificates: verified or nothing, and never the message in clear.
     """
 
-    MESSAGE = b"Subject: hi\r\n\r\nbody\r\n"
     PASSWORD = "pass word\u00e9"
 
     def setUp(self):
@@ -557,7 +557,7 @@ class SecureUpstreamTests(unittest.TestCase):
         with capturedLogs() as logged:
             reply = yield deliver_once(
                 reactor, config, "proxy.example", "a@example.com", ["b@example.net"],
-                BytesIO(self.MESSAGE),
+                BytesIO(MESSAGE),
             )
             yield fake.wait_idle()
         self.logged.extend(logged)
@@ -579,7 +579,7 @@ class SecureUpstreamTests(unittest.TestCase):
         self.assertEqual(reply.code, 250)
         [message] = fake.messages
         self.assertTrue(message.tls)
-        self.assertEqual(message.data, self.MESSAGE)
+        self.assertEqual(message.data, MESSAGE)
         self.assertEqual(self.logged, [])
 
     @defer.inlineCallbacks
