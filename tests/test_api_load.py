@@ -18,9 +18,8 @@ from twisted.web.server import Site
 from smtpproxy.config import Policy
 from smtpproxy.policy import PolicyClient
 from smtpproxy.replies import POLICY_UNAVAILABLE
-from tests.support.api import start_api
+from tests.support.api import ALLOW, REQUEST, ApiResource, start_api
 from tests.support.loopback import listen_loopback
-from tests.test_policy import ALLOW, REQUEST, ApiResource
 
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
 

@@ -25,10 +25,9 @@ from smtpproxy.refapi.logincache import LoginCache
 from tests.support.client import submit
 from tests.support.loopback import listen_loopback
 from tests.support.stack import Stack
-from tests.support.mail import MESSAGE
-from tests.support.mail import INVALID, plain
+from tests.support.mail import INVALID, MESSAGE, plain
+from tests.support.refapi import PASSWORD, POLICY, FakeThreadsReactor, policy
 from tests import test_refapi
-from tests.test_refapi import PASSWORD, POLICY, FakeThreadsReactor, policy
 
 
 class LoginRequestTests(SynchronousTestCase):

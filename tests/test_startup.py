@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from smtpproxy import startup
 from tests.support.certs import make_certificates
 from tests.support.twistd import ChildProcess, free_port, twistd_command, twistd_environment
-from tests.test_refapi import POLICY
+from tests.support.refapi import POLICY
 
 
 class TwistdStartTests(TestCase):
