@@ -29,7 +29,7 @@ from twisted.trial.unittest import TestCase
 from smtpproxy import Limits, build_factory, replies
 from tests.support.client import connect, data_block, start_data, submit
 from tests.support.loopback import listen_loopback
-from tests.support.mail import MESSAGE, POLICY_HEADER, checked
+from tests.support.mail import AUTH_PLAIN, MESSAGE, POLICY_HEADER, checked
 from tests.support.splitting import listen_splitting
 from tests.support.stack import PASSWORD, Stack
 
@@ -334,7 +334,7 @@ class StartTLSInjectionTests(TestCase):
         does not say EHLO again is reported to the API without one.
         """
         client = yield self.secured(b"EHLO injected.example\r\n")
-        yield client.command(b"AUTH PLAIN AGFsaWNlAHMzY3JldA==", expect=235)
+        yield client.command(AUTH_PLAIN, expect=235)
         reply = yield submit(client, SENDER, b"bob@example.net", MESSAGE)
         self.assertEqual(reply.code, 250)
         (request,) = self.stack.api.requests
