@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """
 One entry point for a fresh checkout: ``python3 dev.py test``, ``python3 dev.py
-test-oldest``, ``python3 dev.py lint`` or ``python3 dev.py demo``.
+test-oldest``, ``python3 dev.py lint``, ``python3 dev.py docs`` or ``python3 dev.py demo``.
 
 It needs only Python 3.11+: it makes a virtual environment in ``.venv``,
 installs the project with its test dependencies there, and runs the command
@@ -11,7 +11,9 @@ inside it, so nothing touches the system's Python.
 runs it in ``.venv-oldest`` with every dependency that setup.cfg bounds from
 below (``Twisted[tls] >= X``) installed at exactly that lowest version, so
 the range setup.cfg declares is the range the suite has passed on: CI runs
-both.  ``lint`` runs ruff with the rules in ``ruff.toml``.
+both.  ``lint`` runs ruff with the rules in ``ruff.toml``.  ``docs`` runs
+pydoctor over smtpproxy/ with warnings as errors, so every docstring is valid
+epytext and every L{} link resolves (the HTML lands in build/apidocs).
 """
 
 import configparser
@@ -26,6 +28,7 @@ HERE = Path(__file__).resolve().parent
 VENV = HERE / ".venv"
 OLDEST_VENV = HERE / ".venv-oldest"
 RUFF = "ruff == 0.16.9"
+PYDOCTOR = "pydoctor == 25.10.1"
 
 _LOWER_BOUND = re.compile(r"(?P<name>[A-Za-z0-9_.-]+)(?:\[[^\]]*\])?\s*>=\s*(?P<version>[0-9.]+)")
 
@@ -56,7 +59,7 @@ def ensure_environment(path, extra=()):
 
 
 def main(argv):
-    usage = f"usage: {argv[0]} test|test-oldest|lint|demo [arguments]"
+    usage = f"usage: {argv[0]} test|test-oldest|lint|docs|demo [arguments]"
     if len(argv) < 2:
         sys.exit(usage)
     command, arguments = argv[1], argv[2:]
@@ -71,6 +74,10 @@ def main(argv):
     elif command == "lint":
         python = ensure_environment(VENV, [RUFF])
         run = [python, "-m", "ruff", "check", "--quiet", *arguments]
+    elif command == "docs":
+        python = ensure_environment(VENV, [PYDOCTOR])
+        run = [python, "-m", "pydoctor", "--quiet", "--warnings-as-errors", "--docformat=epytext",
+               "--project-name=smtpproxy", "--html-output=build/apidocs", *arguments, "smtpproxy"]
     elif command == "demo":
         python = ensure_environment(VENV)
         run = [python, "-m", "smtpproxy.demo", *arguments]

@@ -87,7 +87,7 @@ class Decision:
         keeps the client's.
     @ivar cause: why the API counts as unavailable, for the log only.
     @ivar auth_id: the API's C{authId}, its own reference for this
-        message, for the log line; L{None} when it gave none.
+        message, for the log line; C{None} when it gave none.
     """
 
     reply: Reply | None = None

@@ -32,7 +32,7 @@ _PASSWORD_PROMPT = base64.b64encode(b"Password:")
 
 
 class AuthError(replies.Refusal):
-    """An AUTH exchange the session must end with L{reply}."""
+    """An AUTH exchange the session must end with C{reply}."""
 
 
 @frozen

@@ -17,8 +17,8 @@ from smtpproxy.transcript import text
 class AuthExchange:
     """
     The AUTH side of L{smtpproxy.session.ProxySession} (a mixin).  Its
-    state: C{_auth}, the exchange under way (or L{None}), and C{_login},
-    the accepted L{smtpproxy.auth.Login} (or L{None}).
+    state: C{_auth}, the exchange under way (or C{None}), and C{_login},
+    the accepted L{smtpproxy.auth.Login} (or C{None}).
     """
 
     def smtp_AUTH(self, argument):

@@ -71,7 +71,7 @@ class UpstreamCapabilities:
     @param clock: for the probe's retries.
     @param probe: a callable returning a Deferred that fires with the
         upstream's L{Capabilities}, or fails (and has logged why).
-    @ivar current: the last L{Capabilities} seen, or L{None} before any.
+    @ivar current: the last L{Capabilities} seen, or C{None} before any.
     """
 
     def __init__(self, clock, probe):

@@ -68,7 +68,7 @@ _RCPT_ARGUMENT = _argument_pattern("TO")
 
 
 class CommandError(replies.Refusal):
-    """A command line the session must refuse with L{reply}."""
+    """A command line the session must refuse with C{reply}."""
 
 
 @frozen
@@ -93,13 +93,13 @@ class MailFrom:
 
     @property
     def size(self):
-        """The declared C{SIZE=}, or L{None}; the session compares it with its limit."""
+        """The declared C{SIZE=}, or C{None}; the session compares it with its limit."""
         size = value(self.parameters, "SIZE")
         return None if size is None else int(size)
 
     @property
     def body(self):
-        """C{"7BIT"} or C{"8BITMIME"} from C{BODY=}, or L{None}."""
+        """C{"7BIT"} or C{"8BITMIME"} from C{BODY=}, or C{None}."""
         body = value(self.parameters, "BODY")
         return None if body is None else body.upper()
 
@@ -198,7 +198,7 @@ def _split_argument(pattern, argument, syntax_error):
 
 def _split_path(text, quotes=False):
     """
-    C{(path, parameters)} of what follows a path's C{<}, or L{None}.  The
+    C{(path, parameters)} of what follows a path's C{<}, or C{None}.  The
     path ends at the first C{>} followed by a space or the end; with
     C{quotes}, not at one inside a quoted string (C{"a> b"@example.com}).
     Without, a C{>} inside an address stays in the path, where the address
@@ -267,7 +267,7 @@ def _is_address_literal(literal):
 def _is_ip(kind, characters, text):
     """
     Whether C{text} is an address of C{kind}; C{characters} first narrows
-    it to what RFC 5321 allows, as L{ipaddress} is more lenient.
+    it to what RFC 5321 allows, as C{ipaddress} is more lenient.
     """
     if characters.fullmatch(text) is None:
         return False

@@ -25,7 +25,7 @@ def networks(value) -> tuple:
     C{--limit_exempt}'s networks: a comma-separated string, or an iterable
     of strings or networks, as a tuple of C{ipaddress} networks.  A bad
     entry (host bits set included: C{10.1.2.3/8} is more likely a typo than
-    C{10.0.0.0/8}) is a L{ValueError} naming it.
+    C{10.0.0.0/8}) is a C{ValueError} naming it.
     """
     if isinstance(value, str):
         value = [part.strip() for part in value.split(",") if part.strip()]
@@ -87,7 +87,7 @@ class Upstream:
         required; C{"tls"}: implicit TLS (port 465 style).  Both TLS modes
         verify the certificate for C{host} (a name, or an IP address in its
         SANs): if that fails the message waits rather than going in clear.
-    @ivar trust_root: the L{IOpenSSLTrustRoot} that certificate must chain
+    @ivar trust_root: the C{IOpenSSLTrustRoot} that certificate must chain
         to (L{smtpproxy.tls.load_trust_root}); C{None} is the system store.
     @ivar username: log in to the upstream (AUTH) as this user, with
         C{password}; only over TLS, so the password never goes in clear.
@@ -174,7 +174,7 @@ class ProxyConfig:
     Everything one proxy instance needs.
 
     @ivar tls: the server's TLS context factory for STARTTLS (for example a
-        L{twisted.internet.ssl.CertificateOptions}).
+        C{twisted.internet.ssl.CertificateOptions}).
     @ivar hostname: the name in the greeting and in EHLO toward the upstream.
     @ivar transcript: log every command and reply to the C{smtpproxy.smtp}
         log namespace (what C{--smtplog} writes to its file).

@@ -58,7 +58,7 @@ class ConnectionTable:
         """
         Count a new connection from C{address}, or refuse it.
 
-        @return: L{None} when admitted (call L{release} when it closes), or
+        @return: C{None} when admitted (call L{release} when it closes), or
             the L{smtpproxy.replies.Reply} to send before closing it.
         """
         if self.total >= self._max:

@@ -40,7 +40,7 @@ def raise_limit(max_connections):
     Raise the soft open-file limit to the hard one.
 
     @return: a warning for the log if the limit still cannot carry
-        C{max_connections} sessions, else L{None}.
+        C{max_connections} sessions, else C{None}.
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     need = max_connections * PER_SESSION + SPARE

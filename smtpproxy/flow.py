@@ -103,7 +103,7 @@ class InputFlow:
         self._drain()
 
     def stopProducing(self):
-        """The connection is gone; L{connectionLost} cleans up."""
+        """The connection is gone; L{smtpproxy.session.ProxySession.connectionLost} cleans up."""
         self._producing = False
 
     def _hold(self):

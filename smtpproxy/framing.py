@@ -136,7 +136,7 @@ class Framer:
     def next_command(self):
         """
         The next complete command line without its line end, L{TOO_LONG},
-        L{BARE_LF}, or L{None} when more input is needed.
+        L{BARE_LF}, or C{None} when more input is needed.
 
         An LF ends a line in both modes, so a client that ends its lines
         with a bare LF is answered at once rather than left waiting.
@@ -180,7 +180,7 @@ class Framer:
 
     def next_data(self):
         """
-        The next L{DataPiece}, or L{None} when no input is buffered.
+        The next L{DataPiece}, or C{None} when no input is buffered.
 
         The stream searched for the marker starts with context bytes that
         were already returned (or, at first, the C{DATA} line end), so a

@@ -88,7 +88,7 @@ def server(reactor, description, factory, header_timeout):
 
     A description starting with C{haproxy:} is served through
     L{_HeaderFirst}, which waits up to C{header_timeout} seconds for the
-    header; any other goes to L{serverFromString} unchanged.
+    header; any other goes to C{serverFromString} unchanged.
     """
     if description.startswith(PREFIX):
         endpoint = serverFromString(reactor, description[len(PREFIX):])

@@ -141,7 +141,7 @@ class HeaderReader:
     API did.  It counts toward C{max_size}, so it cannot double what one
     message may hold.
 
-    @ivar envelope_line: the dropped line, or L{None}.
+    @ivar envelope_line: the dropped line, or C{None}.
     """
 
     def __init__(self, max_size):

@@ -50,9 +50,9 @@ class LogRouter:
     """
     A log observer sending each event to the main log or the transcript.
 
-    @param main: a text file for the main log, or an L{ILogObserver}.
-    @param level: the lowest L{LogLevel} in the main log.
-    @param transcript: a text file for the SMTP transcript, or L{None}.
+    @param main: a text file for the main log, or an C{ILogObserver}.
+    @param level: the lowest C{LogLevel} in the main log.
+    @param transcript: a text file for the SMTP transcript, or C{None}.
     """
 
     def __init__(self, main, level, transcript=None):
@@ -82,12 +82,12 @@ def main_log(logpath, twistd, open_file):
     """
     Where the main log goes (see the module docstring).
 
-    @param logpath: C{--logpath}, or L{None}.
+    @param logpath: C{--logpath}, or C{None}.
     @param twistd: twistd's own options (a mapping; empty when the plugin
         runs without twistd).
     @param open_file: opens a log file at a path (the plugin's, which
         turns a failure into a start-up error).
-    @return: a text file or an L{ILogObserver}.
+    @return: a text file or an C{ILogObserver}.
     """
     if logpath is not None:
         return open_file(logpath)

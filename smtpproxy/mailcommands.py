@@ -18,7 +18,7 @@ class MailCommands:
     """
     The mail transaction side of L{smtpproxy.session.ProxySession} (a
     mixin).  Its state: C{_transaction}, the envelope under way (or
-    L{None}); C{_message}, the message whose data is arriving; C{_pending},
+    C{None}); C{_message}, the message whose data is arriving; C{_pending},
     the message whose outcome the client waits for.
     """
 

@@ -171,7 +171,7 @@ def text(options):
 def _options(options):
     """
     A (label, help) pair for every option C{options} accepts, read from the
-    tables L{twisted.python.usage.Options} itself parses with, so that no
+    tables C{twisted.python.usage.Options} itself parses with, so that no
     option can be left out: first those that take a value (with their
     defaults), then the switches, each with its one-letter synonym.  Names
     are spelled with underscores, as every option is given

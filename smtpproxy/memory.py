@@ -21,7 +21,7 @@ TRIM_INTERVAL = 60
 
 
 def _malloc_trim():
-    """glibc's C{malloc_trim}, or L{None} where there is none."""
+    """glibc's C{malloc_trim}, or C{None} where there is none."""
     try:
         return ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
     except (OSError, AttributeError, TypeError):
@@ -30,8 +30,8 @@ def _malloc_trim():
 
 def trimmer(clock):
     """
-    A L{LoopingCall} (on C{clock}) that returns free heap pages to the
-    system, or L{None} where that cannot be done.
+    A C{LoopingCall} (on C{clock}) that returns free heap pages to the
+    system, or C{None} where that cannot be done.
     """
     trim = _malloc_trim()
     if trim is None:

@@ -39,7 +39,7 @@ def outcome(reply, policy=None):
     """
     The outcome for a message's final C{reply}.
 
-    @param reply: the L{replies.Reply} the client got, or L{None} for a
+    @param reply: the L{replies.Reply} the client got, or C{None} for a
         message that never got one: its client went away (or was cut off)
         before the final dot.
     @param policy: the API's L{verdict} on the message if it gave one by
@@ -72,7 +72,7 @@ def message_line(result, fields, api, auth_id, reply):
     @param fields: C{conn}, C{client}, C{user}, C{sender}, C{count} (of
         recipients), C{size}, C{policy}, C{tls} and C{time} (in ms).
     @param api: how long the policy API took, as shown (C{"12ms"}, C{"-"}).
-    @param auth_id: the API's C{authId} for the message, or L{None}.
+    @param auth_id: the API's C{authId} for the message, or C{None}.
     """
     f = fields
     shown_id = "" if auth_id is None else f"auth_id={auth_id!r} "

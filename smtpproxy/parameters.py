@@ -42,7 +42,7 @@ DSN_RCPT = frozenset({"NOTIFY", "ORCPT"})
 
 
 class ParameterError(replies.Refusal):
-    """A parameter the session must refuse with L{reply}."""
+    """A parameter the session must refuse with C{reply}."""
 
 
 @frozen
@@ -51,7 +51,7 @@ class Parameter:
     One ESMTP parameter.
 
     @ivar keyword: upper-cased.
-    @ivar value: as sent, or L{None} for a keyword without C{=}.
+    @ivar value: as sent, or C{None} for a keyword without C{=}.
     @ivar text: the whole parameter exactly as sent.
     """
 
@@ -172,7 +172,7 @@ _XCLIENT_ORDER = ("NAME", "ADDR", "PORT", "PROTO", "HELO", "LOGIN")
 
 
 def value(parameters, keyword):
-    """The value of C{keyword} among C{parameters}, or L{None}."""
+    """The value of C{keyword} among C{parameters}, or C{None}."""
     return next((p.value for p in parameters if p.keyword == keyword), None)
 
 

@@ -15,6 +15,7 @@ body is never logged: it holds the client's password.
 """
 
 import json
+from http.cookiejar import CookieJar
 
 from treq.client import HTTPClient
 from twisted.internet.defer import (
@@ -24,22 +25,27 @@ from twisted.internet.defer import (
     maybeDeferred,
     succeed,
 )
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from twisted.python.compat import nativeString
 from twisted.python.failure import Failure
 from twisted.web.client import (
     Agent,
-    _HTTP11ClientFactory,
-    _RetryingHTTP11ClientProtocol,
     BrowserLikePolicyForHTTPS,
     HTTPConnectionPool,
     RequestGenerationFailed,
+    RequestNotSent,
     RequestTransmissionFailed,
     ResponseDone,
     ResponseFailed,
+    ResponseNeverReceived,
 )
+from twisted.web.error import SchemeNotSupported
 from twisted.web.http import PotentialDataLoss
-from twisted.web.iweb import IBodyProducer
+from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer
 from zope.interface import implementer
 
 from smtpproxy import descriptors
@@ -50,64 +56,89 @@ from smtpproxy.tls import load_trust_root
 MAX_ANSWER = 1024 * 1024
 
 
-class _QuietConnectionFactory(_HTTP11ClientFactory):
-    """Twisted logs "Starting factory" at info for every new API connection: noise."""
-
-    noisy = False
-
-
 class _Pool(HTTPConnectionPool):
     """
-    The persistent pool toward the API, without per-connection log lines.
-    It keeps as many idle connections as requests may run at once
-    (L{smtpproxy.config.Policy.connections}) instead of Twisted's 2: with
-    many messages in flight, most API calls would otherwise open (and
-    close) a connection of their own, which the benchmark measured at about
-    10 % of the proxy's CPU per message.  An idle connection is closed after
-    C{Policy.idle_timeout} instead of Twisted's 240 s, before the API's own
-    keep-alive timeout closes it under a request.
-
-    A request that fails on a reused connection before any byte of answer
-    is sent once more on a new one (L{_RetryOnce}).
+    The persistent pool toward the API.  It keeps as many idle connections
+    as requests may run at once (L{smtpproxy.config.Policy.connections})
+    instead of Twisted's 2: with many messages in flight, most API calls
+    would otherwise open (and close) a connection of their own, which the
+    benchmark measured at about 10 % of the proxy's CPU per message.  An
+    idle connection is closed after C{Policy.idle_timeout} instead of
+    Twisted's 240 s, before the API's own keep-alive timeout closes it under
+    a request.
     """
-
-    _factory = _QuietConnectionFactory
 
     def __init__(self, reactor, policy):
         super().__init__(reactor, persistent=True)
         self.maxPersistentPerHost = policy.connections
         self.cachedConnectionTimeout = policy.idle_timeout
 
-    def getConnection(self, key, endpoint):
-        return super().getConnection(key, endpoint).addCallback(_retrying_once)
 
-
-def _retrying_once(connection):
-    """A reused connection (Twisted wraps those for its own retry) retries L{_Body}s too."""
-    if isinstance(connection, _RetryingHTTP11ClientProtocol):
-        return _RetryOnce(connection._clientProtocol, connection._newConnection)
-    return connection
-
-
-class _RetryOnce(_RetryingHTTP11ClientProtocol):
+@implementer(IAgentEndpointFactory)
+class _Endpoints:
     """
-    Twisted retries only idempotent requests without a body on a new
-    connection; a POST is neither.  The policy POST is sent again when it
-    failed on a reused connection before any byte of the answer came back
-    and without being cancelled (Twisted's own conditions otherwise): the
-    case of an API that closed the idle connection as the request went out,
-    so it never read it.  One retry, on a new connection.  (An API that
-    read the request, then closed without a byte of answer, sees it twice;
-    a policy check has no effect an answer did not report.)
+    Where the agent connects for one request, as Twisted's own C{Agent} does
+    it (TCP, with TLS for https), but quiet: Twisted logs "Starting factory"
+    at info for every new connection, a line per message under load that
+    says nothing.
+
+    @ivar connected: whether the request needed a new connection; if not,
+        the pool gave it one it had kept (which the API may have closed).
     """
 
-    def _shouldRetry(self, method, exception, bodyProducer):
-        return isinstance(bodyProducer, _Body) and super()._shouldRetry(b"GET", exception, None)
+    connected = False
+
+    def __init__(self, reactor, tls):
+        self._reactor = reactor
+        self._tls = tls
+
+    def endpointForURI(self, uri):
+        if uri.scheme not in (b"http", b"https"):
+            raise SchemeNotSupported(f"unsupported scheme: {uri.scheme!r}")
+        endpoint = HostnameEndpoint(self._reactor, nativeString(uri.host), uri.port)
+        if uri.scheme == b"https":
+            endpoint = wrapClientTLS(self._tls.creatorForNetloc(uri.host, uri.port), endpoint)
+        return _QuietEndpoint(self, endpoint)
+
+
+@implementer(IStreamClientEndpoint)
+class _QuietEndpoint:
+    """Connects with the agent's protocol factory made quiet (C{noisy = False})."""
+
+    def __init__(self, endpoints, endpoint):
+        self._endpoints = endpoints
+        self._endpoint = endpoint
+
+    def connect(self, protocolFactory):
+        self._endpoints.connected = True
+        protocolFactory.noisy = False
+        return self._endpoint.connect(protocolFactory)
+
+
+def _never_read(failure):
+    """
+    Whether a POST that failed on a kept connection is worth sending again:
+    the API closed the connection before a byte of its answer, and nobody
+    cancelled the request.  That is the case of an API that closed an idle
+    connection as the request went out, so it never read it.  Twisted
+    retries such failures itself only for idempotent requests without a
+    body; a POST is neither.  (An API that read the request, then closed
+    without a byte of answer, sees it again; a policy check has no effect an
+    answer did not report.)  A TLS error is no close: another try would fail
+    the same way.
+    """
+    if not failure.check(RequestNotSent, RequestTransmissionFailed, ResponseNeverReceived):
+        return False
+    return all(reason.check(ConnectionDone, ConnectionLost)
+               for reason in getattr(failure.value, "reasons", ()))
 
 
 @implementer(IBodyProducer)
 class _Body:
-    """A request body that can be sent a second time (see L{_RetryOnce})."""
+    """
+    A request body written in one go: treq's own producer for bytes goes
+    through a cooperator, a reactor turn more per API call.
+    """
 
     def __init__(self, data):
         self._data = data
@@ -144,8 +175,8 @@ class PolicyClient:
     Asks the policy API about messages (and logins) over one persistent
     connection pool.
 
-    @param http: a treq L{HTTPClient} to use instead of the pooled one
-        (L{treq.testing.StubTreq} in unit tests).
+    @param http: a treq C{HTTPClient} to use instead of the pooled one
+        (C{treq.testing.StubTreq} in unit tests).
     @ivar exhausted: if set, called with C{"policy API"} or C{"login API"}
         instead of a warning line when a connection could not be made for
         want of a file descriptor (L{smtpproxy.descriptors}: such failures
@@ -161,15 +192,14 @@ class PolicyClient:
         self._slots = DeferredSemaphore(policy.connections)
         if http is None:
             self._pool = _Pool(reactor, policy)
-            tls = BrowserLikePolicyForHTTPS(_trust_root(policy.ca_path))
-            agent = Agent(reactor, contextFactory=tls, pool=self._pool)
-            http = HTTPClient(agent, data_to_body_producer=_Body)
+            self._tls = BrowserLikePolicyForHTTPS(_trust_root(policy.ca_path))
+            self._cookies = CookieJar()
         self._http = http
 
     def check(self, request: dict) -> Deferred:
         """
         POST C{request} (from L{smtpproxy.answer.build_request}) and fire
-        with the L{Decision}; never errback, except with L{CancelledError}
+        with the L{Decision}; never errback, except with C{CancelledError}
         after the caller cancels, which aborts the HTTP exchange (closing
         its connection, so the API can stop working on it) or takes the
         request out of the queue.
@@ -228,14 +258,33 @@ class PolicyClient:
         return outcome
 
     def _exchange(self, url, request, parse):
-        d = self._http.post(
-            url,
-            data=json.dumps(request, ensure_ascii=False).encode("utf-8"),
-            headers={"Content-Type": "application/json"},
-            allow_redirects=False,
-            unbuffered=True,
-        )
-        return d.addCallback(self._answered, parse)
+        body = json.dumps(request, ensure_ascii=False).encode("utf-8")
+        if self._pool is None:
+            return _post(self._http, url, body).addCallback(self._answered, parse)
+        return self._attempt(url, body).addCallback(self._answered, parse)
+
+    def _attempt(self, url, body):
+        endpoints = _Endpoints(self._reactor, self._tls)
+        d = _post(self._client(endpoints), url, body)
+        return d.addErrback(self._again, endpoints, url, body)
+
+    def _again(self, failure, endpoints, url, body):
+        """
+        Send a POST the API never read (L{_never_read}) again.  The pool has
+        dropped the connection that failed, so the tries end on a new
+        connection at the latest: a failure there is final.
+        """
+        if endpoints.connected or not _never_read(failure):
+            return failure
+        return self._attempt(url, body)
+
+    def _client(self, endpoints):
+        """
+        A treq client for one request, so that L{_Endpoints.connected} tells
+        about that request alone; the pool and cookies are shared.
+        """
+        agent = Agent.usingEndpointFactory(self._reactor, endpoints, self._pool)
+        return HTTPClient(agent, cookiejar=self._cookies, data_to_body_producer=_Body)
 
     def _answered(self, response, parse):
         reader = _AnswerReader()
@@ -249,10 +298,20 @@ class PolicyClient:
         return self._pool.closeCachedConnections()
 
 
+def _post(http, url, body):
+    return http.post(
+        url,
+        data=body,
+        headers={"Content-Type": "application/json"},
+        allow_redirects=False,
+        unbuffered=True,
+    )
+
+
 class _AnswerReader(Protocol):
     """
     Reads the answer body, at most L{MAX_ANSWER} bytes.  Unlike
-    L{treq.collect}, cancelling C{done} (the deadline, the caller) closes the
+    C{treq.collect}, cancelling C{done} (the deadline, the caller) closes the
     connection, so an API that stalls mid-body cannot keep a socket.
     """
 

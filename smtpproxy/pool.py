@@ -47,7 +47,7 @@ class Envelope:
     @ivar mail_parameters: the client's MAIL L{smtpproxy.parameters.Parameter}s.
     @ivar rcpt_parameters: for each recipient, its RCPT parameters.
     @ivar client: the real client's XCLIENT attributes
-        (L{smtpproxy.parameters.xclient_command}), or L{None}.
+        (L{smtpproxy.parameters.xclient_command}), or C{None}.
     """
 
     sender: str
@@ -101,7 +101,7 @@ class Pool:
         return sent.addCallback(_reply).addErrback(unavailable, self._upstream, self._exhausted)
 
     def _take(self):
-        """The most recently used idle connection, or L{None}."""
+        """The most recently used idle connection, or C{None}."""
         while self._idle:
             connection = self._idle.pop()
             if not connection.transport.disconnecting:

@@ -238,7 +238,7 @@ class RelaySender(KeptConnection):
         accepted.
 
         The sender goes exactly as given (C{<>} for the null sender): the
-        stock code parses it with L{smtp.Address}, which rejects valid
+        stock code parses it with C{smtp.Address}, which rejects valid
         addresses such as C{user@[192.0.2.1]}; recipients likewise, as the
         stock C{quoteaddr} is a header parser.  The client's parameters
         follow as it sent them, each where the upstream offers its
@@ -264,7 +264,7 @@ class RelaySender(KeptConnection):
         self._okresponse = self._failresponse = self._answered
 
     def _envelope_commands(self):
-        """MAIL FROM and the RCPTs as lines, or L{None} if SMTPUTF8 is needed and not offered."""
+        """MAIL FROM and the RCPTs as lines, or C{None} if SMTPUTF8 is needed and not offered."""
         envelope = self._envelope
         offered = self.capabilities.keywords
         keep_auth = self.factory.username is not None

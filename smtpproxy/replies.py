@@ -27,7 +27,7 @@ class Reply:
         return 400 <= self.code < 500
 
     def encode(self):
-        """The text as bytes for L{twisted.mail.smtp.SMTP.sendCode}."""
+        """The text as bytes for C{twisted.mail.smtp.SMTP.sendCode}."""
         return self.text.encode("utf-8")
 
 

@@ -21,7 +21,7 @@ class FloodReport:
 
     @param clock: an C{IReactorTime}, for the timer.
     @param emit: called as C{emit(counts, last)} for each line: C{counts} a
-        L{Counter} of the events by kind since the last line (never empty),
+        C{Counter} of the events by kind since the last line (never empty),
         C{last} the detail of the latest one (say, the client's address).
     @param interval: seconds between two lines.
     """

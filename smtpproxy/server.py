@@ -90,7 +90,7 @@ class ProxyFactory(smtp.SMTPFactory):
 
     def connected(self, session):
         """
-        A session's connection is made: L{None} to greet it, or the
+        A session's connection is made: C{None} to greet it, or the
         L{smtpproxy.replies.Reply} to refuse it with (a connection limit,
         or the proxy is draining).
         """

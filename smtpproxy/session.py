@@ -2,7 +2,7 @@
 """
 The client side: one L{ProxySession} per connection.
 
-It is Twisted's L{smtp.ESMTP} with the command loop replaced, because the
+It is Twisted's C{smtp.ESMTP} with the command loop replaced, because the
 stock one executes plaintext pipelined behind STARTTLS, offers AUTH without
 TLS, falls out of DATA on a long line and forces the final reply to 250 or
 550 (docs/twisted.rst fights A, C, E, F).  What is kept from Twisted: the
@@ -246,7 +246,7 @@ class ProxySession(InputFlow, MailCommands, AuthExchange, Transcript, smtp.ESMTP
         The proxy is stopping (docs/protocol.rst section 6: transactions in flight are
         finished).  A client in the middle of DATA may send the rest, and
         it and a client waiting for its message's outcome get that outcome
-        first (L{_resume} comes back here); the drain timeout cuts
+        first (L{smtpproxy.flow.InputFlow._resume} comes back here); the drain timeout cuts
         off one that takes too long, which was never told 250, so nothing
         is lost.  Any other client gets C{421 4.3.2} now and is closed.
         """

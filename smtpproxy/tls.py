@@ -190,7 +190,7 @@ def load_trust_root(ca_path):
 def negotiated(transport):
     """
     The TLS version and cipher of a connection in TLS, as logs show them
-    (C{"TLSv1.3/TLS_AES_128_GCM_SHA256"}), or L{None} where the transport
+    (C{"TLSv1.3/TLS_AES_128_GCM_SHA256"}), or C{None} where the transport
     has no OpenSSL connection to ask.
     """
     handle = getattr(transport, "getHandle", None)
@@ -203,7 +203,7 @@ def negotiated(transport):
 def handshake_error(failure):
     """
     OpenSSL's reason for a failed handshake (C{"unsupported protocol"},
-    C{"no shared cipher"}), or L{None} when the connection ended otherwise.
+    C{"no shared cipher"}), or C{None} when the connection ended otherwise.
     """
     if not failure.check(SSL.Error):
         return None

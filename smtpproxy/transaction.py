@@ -87,11 +87,11 @@ class Transaction:
     @ivar rcpt_parameters: each recipient's RCPT parameters, in the order
         of C{recipients}.
     @ivar origin: the real client as XCLIENT tells the upstream
-        (L{smtpproxy.parameters.xclient_command}), or L{None}.
+        (L{smtpproxy.parameters.xclient_command}), or C{None}.
     @ivar connection: the session's number, as the smtplog shows it, so a
         message's log line leads to its dialogue.
     @ivar tls: the negotiated TLS version and cipher
-        (C{"TLSv1.3/TLS_AES_128_GCM_SHA256"}), or L{None}.
+        (C{"TLSv1.3/TLS_AES_128_GCM_SHA256"}), or C{None}.
     """
 
     def __init__(self, services, login, client, helo, connection=None, tls=None):

@@ -3,7 +3,7 @@
 Talking to the upstream SMTP server: setting up a connection, and turning
 a failure to use it into the client's reply (docs/protocol.rst section 5).
 
-Twisted's L{smtp.ESMTPSenderFactory} does the connection, EHLO (with HELO
+Twisted's C{smtp.ESMTPSenderFactory} does the connection, EHLO (with HELO
 fallback), STARTTLS, AUTH and the reply parsing; L{UpstreamClient} fixes the
 connection steps whose stock behaviour is wrong for a proxy
 (docs/twisted.rst section 5), and its subclasses take over once the
@@ -73,7 +73,7 @@ class UpstreamClient(smtp.ESMTPSender):
     def callLater(self, period, func):
         """
         Run the per-step timeout on the reactor given to L{deliver}, not on
-        the global one that L{TimeoutMixin} imports (tests use a clock).
+        the global one that C{TimeoutMixin} imports (tests use a clock).
         """
         return self.factory.reactor.callLater(period, func)
 

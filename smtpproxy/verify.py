@@ -9,7 +9,7 @@ copy.  With it, each RCPT is put to the upstream while the client is
 still in its envelope, and a refusal reaches the client at once, with the
 upstream's code and text, for that address alone.  The message itself
 still goes upstream only after the final dot and the policy API's allow,
-on its own connection (L{smtpproxy.upstream.deliver}); nothing is ever
+on its own connection (L{smtpproxy.pool.Pool.deliver}); nothing is ever
 sent as DATA on a checking connection.
 
 One checking connection per client transaction (L{RecipientCheck}),
@@ -64,7 +64,7 @@ class VerdictCache:
         self._entries = OrderedDict()
 
     def get(self, key):
-        """The L{replies.Reply} kept for C{key}, or L{None}."""
+        """The L{replies.Reply} kept for C{key}, or C{None}."""
         entry = self._entries.get(key)
         if entry is None:
             return None

@@ -18,9 +18,8 @@ from twisted.web.server import Site
 from smtpproxy.config import Policy
 from smtpproxy.policy import PolicyClient
 from smtpproxy.replies import POLICY_UNAVAILABLE
-from tests.support.api import start_api
+from tests.support.api import ALLOW, REQUEST, ApiResource, start_api
 from tests.support.loopback import listen_loopback
-from tests.test_policy import ALLOW, REQUEST, ApiResource
 
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
 
@@ -30,7 +29,8 @@ class _OneRequestPerConnection(Protocol):
     An API that answers the first request on a connection and keeps it open, then closes
     the connection when the next request arrives, without reading it: what a keep-alive
     timeout does when it fires as a request crosses it.  With C{partial}, it sends the
-    status line of its answer first (the API has then seen the request).
+    status line of its answer first (the API has then seen the request); with
+    C{answering} false, it closes at the first request too.
     """
 
     def connectionMade(self):
@@ -46,7 +46,7 @@ class _OneRequestPerConnection(Protocol):
         if len(body) < length:
             return
         self._buffer = b""
-        if self._answered:
+        if self._answered or not self.factory.answering:
             self.factory.closed += 1
             if self.factory.partial:
                 self.transport.write(b"HTTP/1.1 200 OK\r\n")
@@ -61,8 +61,9 @@ class _Api(Factory):
     protocol = _OneRequestPerConnection
     noisy = False
 
-    def __init__(self, partial=False):
+    def __init__(self, partial=False, answering=True):
         self.partial = partial
+        self.answering = answering
         self.answered = self.closed = 0
 
 
@@ -99,6 +100,15 @@ class KeepAliveTests(TestCase):
         self.assertTrue(first.allowed)
         self.assertEqual(second.reply, POLICY_UNAVAILABLE)
         self.assertEqual((api.answered, api.closed), (1, 1))
+
+    @defer.inlineCallbacks
+    def test_no_retry_on_a_new_connection(self):
+        """Closed before any answer on a connection of its own: the API may have it; no resend."""
+        api = _Api(answering=False)
+        url, _ = self.serve(api)
+        decision = yield self.client(url).check(REQUEST)
+        self.assertEqual(decision.reply, POLICY_UNAVAILABLE)
+        self.assertEqual((api.answered, api.closed), (0, 1))
 
     @defer.inlineCallbacks
     def test_idle_connection_is_closed_by_the_proxy(self):

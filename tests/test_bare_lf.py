@@ -13,7 +13,8 @@ from twisted.trial.unittest import TestCase
 from smtpproxy import Limits, replies
 from tests.support.client import connect, start_data
 from tests.support.stack import Stack
-from tests.test_session import PLAIN, SessionTestCase
+from tests.support.mail import PLAIN
+from tests.support.session import SessionTestCase
 
 BARE_LF_LINE = f"{replies.BARE_LF_LINE.code} {replies.BARE_LF_LINE.text}"
 BARE_LINE_END = (replies.BARE_LINE_END.code, replies.BARE_LINE_END.text)

@@ -13,8 +13,7 @@ from twisted.trial.unittest import TestCase
 from smtpproxy import demo
 from smtpproxy.refapi import load
 from tests.support.client import UnexpectedReply, send_mail
-
-MESSAGE = b"Subject: hello\r\n\r\nIt works.\r\n"
+from tests.support.mail import MESSAGE
 
 
 class DemoTests(TestCase):
@@ -37,7 +36,7 @@ class DemoTests(TestCase):
         with open(path, "rb") as f:
             stored = f.read()
         self.assertIn(b"X-Demo-Policy: allowed for demo\n", stored)
-        self.assertTrue(stored.endswith(b"\n\nIt works.\n"))
+        self.assertTrue(stored.endswith(b"\n\nHello Bob.\n"))
 
     @defer.inlineCallbacks
     def test_wrong_password_refused_at_auth(self):

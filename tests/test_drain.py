@@ -26,14 +26,14 @@ from smtpproxy import tap
 from tests.support.api import start_api
 from tests.support.certs import client_options, make_certificates
 from tests.support.client import connect, data_block, send_mail, start_data
+from tests.support.mail import AUTH_PLAIN, MESSAGE
 from tests.support.stack import PASSWORD, USER, Stack, allow
 from tests.support.twistd import ChildProcess, free_port, twistd_command, twistd_environment
 from tests.support.upstream import END_OF_DATA, start_upstream
-from tests.test_session import QUEUED, SessionTestCase, TLSStringTransport
+from tests.support.session import QUEUED, SessionTestCase, TLSStringTransport
 
 SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
 HELD = 20
-MESSAGE = b"Subject: drain\r\n\r\nbody\r\n"
 
 
 class SessionDrainTests(SessionTestCase):
@@ -282,7 +282,7 @@ class TwistdTests(TestCase):
             client = yield connect(reactor, self.port)
             yield client.command(b"EHLO client.example", expect=250)
             yield client.starttls(client_options(self.certs))
-            yield client.command(b"AUTH PLAIN AGFsaWNlAHMzY3JldA==", expect=235)
+            yield client.command(AUTH_PLAIN, expect=235)
             client.transport.pauseProducing()
             self.addCleanup(client.transport.abortConnection)
         signalled = reactor.seconds()
@@ -388,7 +388,7 @@ class TwistdTests(TestCase):
         yield unfinished.command(b"EHLO client.example", expect=250)
         yield unfinished.starttls(client_options(self.certs))
         yield unfinished.command(b"EHLO client.example", expect=250)
-        yield unfinished.command(b"AUTH PLAIN AGFsaWNlAHMzY3JldA==", expect=235)
+        yield unfinished.command(AUTH_PLAIN, expect=235)
         yield start_data(unfinished, b"alice@example.com", b"carol@example.net")
         unfinished.send(b"Subject: never ends\r\n")
         self.process.signalProcess("TERM")

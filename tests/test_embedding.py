@@ -17,10 +17,9 @@ from tests.support.api import start_api
 from tests.support.certs import client_options, make_certificates, server_options
 from tests.support.client import connect, send_mail
 from tests.support.loopback import listen_loopback
+from tests.support.mail import MESSAGE
 from tests.support.stack import PASSWORD, USER, allow
 from tests.support.upstream import END_OF_DATA, start_upstream
-
-MESSAGE = b"Subject: embedded\r\n\r\nbody\r\n"
 
 
 def _config(api_url, upstream_port, certs):

@@ -10,9 +10,8 @@ from twisted.trial.unittest import TestCase
 
 from smtpproxy import Limits
 from tests.support.client import data_block
+from tests.support.mail import MESSAGE, POLICY_HEADER, checked
 from tests.support.stack import Stack
-
-MESSAGE = b"From: alice@example.com\r\nTo: bob@example.net\r\nSubject: hi\r\n\r\nHello Bob.\r\n"
 
 
 class EndToEndTestCase(TestCase):
@@ -49,7 +48,7 @@ class DeliveryTests(EndToEndTestCase):
         self.assertEqual(message.sender, "alice@example.com")
         self.assertEqual(message.recipients, ("bob@example.net", "carol@example.org"))
         self.assertEqual(message.helo, "proxy.test")
-        self.assertEqual(message.data, MESSAGE.replace(b"\r\n\r\n", b"\r\nX-Policy: checked\r\n\r\n", 1))
+        self.assertEqual(message.data, checked(MESSAGE))
 
     @defer.inlineCallbacks
     def test_utf8_and_dots_survive(self):
@@ -57,7 +56,7 @@ class DeliveryTests(EndToEndTestCase):
         yield self.stack.send(body)
         self.assertEqual(self.api.requests[0].json["headers"], [{"name": "Subject", "value": "Grüße"}])
         self.assertEqual(self.upstream.messages[0].data,
-                         body.replace(b"\r\n\r\n", b"\r\nX-Policy: checked\r\n\r\n", 1))
+                         checked(body))
 
     @defer.inlineCallbacks
     def test_several_messages_per_connection(self):
@@ -92,7 +91,7 @@ class DeliveryTests(EndToEndTestCase):
         reply = yield self.stack.send(body)
         self.assertEqual(reply.code, 250)
         self.assertEqual(self.upstream.messages[0].data,
-                         body.replace(b"\r\n\r\n", b"\r\nX-Policy: checked\r\n\r\n", 1))
+                         checked(body))
 
     @defer.inlineCallbacks
     def test_twenty_megabytes(self):
@@ -100,7 +99,7 @@ class DeliveryTests(EndToEndTestCase):
         body = b"Subject: big\r\n\r\n" + line * (20 * 1024 * 1024 // len(line))
         reply = yield self.stack.send(body)
         self.assertEqual(reply.code, 250)
-        self.assertEqual(len(self.upstream.messages[0].data), len(body) + len(b"X-Policy: checked\r\n"))
+        self.assertEqual(len(self.upstream.messages[0].data), len(body) + len(POLICY_HEADER))
 
 
 class PolicyTests(EndToEndTestCase):

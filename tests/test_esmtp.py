@@ -9,9 +9,9 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import TestCase
 
 from tests.support.client import data_block
+from tests.support.mail import MESSAGE
 from tests.support.stack import Stack
 
-MESSAGE = b"From: alice@example.com\r\nSubject: hi\r\n\r\nHello.\r\n"
 ALL = ("DSN", "SMTPUTF8", "SIZE 200000", "8BITMIME")
 
 

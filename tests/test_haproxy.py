@@ -11,7 +11,7 @@ from smtpproxy.haproxy import _HeaderFirstFactory
 from tests.support.client import connect, submit
 from tests.support.loopback import listen_loopback
 from tests.support.stack import Stack
-from tests.test_end_to_end import MESSAGE
+from tests.support.mail import AUTH_PLAIN, MESSAGE
 
 HEADER = b"PROXY TCP4 %s 127.0.0.1 40000 587\r\n"
 
@@ -40,7 +40,7 @@ class ProxyProtocolTests(TestCase):
         yield client.command(b"EHLO client.example", expect=250)
         yield client.starttls(self.stack.client_tls)
         yield client.command(b"EHLO client.example", expect=250)
-        yield client.command(b"AUTH PLAIN AGFsaWNlAHMzY3JldA==", expect=235)
+        yield client.command(AUTH_PLAIN, expect=235)
         reply = yield submit(client, b"alice@example.com", b"bob@example.net", MESSAGE)
         yield client.close()
         self.assertEqual(reply.code, 250)

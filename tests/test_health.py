@@ -16,6 +16,7 @@ from twisted.web.client import HTTPConnectionPool
 from smtpproxy.health import Readiness
 from tests.support.certs import client_options
 from tests.support.client import connect
+from tests.support.mail import AUTH_PLAIN
 from tests.support.twistd import free_port, spawn_proxy, twistd_parts
 
 
@@ -65,7 +66,7 @@ class EndpointTests(TestCase):
         client = yield connect(reactor, port)
         yield client.command(b"EHLO client.example", expect=250)
         yield client.starttls(client_options(certs))
-        yield client.command(b"AUTH PLAIN AGFsaWNlAHMzY3JldA==", expect=235)
+        yield client.command(AUTH_PLAIN, expect=235)
         yield client.command(b"MAIL FROM:<alice@example.com>", expect=250)
         yield client.command(b"RCPT TO:<bob@example.net>", expect=250)
         yield client.command(b"DATA", expect=354)

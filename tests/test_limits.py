@@ -21,7 +21,7 @@ from smtpproxy.connections import REPORT_INTERVAL, ConnectionTable
 from smtpproxy.session import CLOSE_GRACE
 from tests.support.client import ScriptedClient
 from tests.support.stack import Stack
-from tests.test_session import QUEUED, SessionTestCase, TLSStringTransport
+from tests.support.session import QUEUED, SessionTestCase, TLSStringTransport
 
 TOO_MANY = "421 4.7.0 Too many connections, try again later"
 TIMEOUT = "421 4.4.2 Timeout, closing connection"

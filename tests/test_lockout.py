@@ -12,8 +12,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from smtpproxy import Limits
 from smtpproxy.lockout import FailureTable
 from tests.support.client import ScriptedClient
-from tests.support.stack import Stack
-from tests.test_login import AUTH_OK, INVALID, by_password, plain
+from tests.support.mail import AUTH_OK, INVALID, plain
+from tests.support.stack import Stack, by_password
 
 LOCKED = "421 4.7.0 Too many authentication failures, try again later"
 

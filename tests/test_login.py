@@ -18,22 +18,11 @@ from smtpproxy.login import LoginVerdict, parse_login_answer
 from smtpproxy.replies import AUTH_OK as AUTH_OK_REPLY
 from tests.support.client import submit
 from tests.support.loopback import listen_loopback
-from tests.support.stack import PASSWORD, USER, Stack
-from tests.test_end_to_end import MESSAGE
-from tests.test_session import PLAIN, SessionTestCase
+from tests.support.stack import Stack, by_password
+from tests.support.mail import AUTH_OK, INVALID, MESSAGE, PASSWORD, PLAIN, USER, plain
+from tests.support.session import SessionTestCase
 
-AUTH_OK = "235 2.7.0 Authentication successful"
-INVALID = "535 5.7.8 Authentication credentials invalid"
 TEMPORARY = "454 4.7.0 Temporary authentication failure"
-
-
-def plain(username=USER, password=PASSWORD):
-    return b"AUTH PLAIN " + base64.b64encode(f"\0{username}\0{password}".encode())
-
-
-def by_password(request):
-    """A login API that knows one password."""
-    return {"allow": request["password"] == PASSWORD}
 
 
 class LoginCheckTestCase(TestCase):

@@ -9,7 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from smtpproxy.headers import HeaderReader, HeaderTooLarge
 from tests.support.stack import Stack
-from tests.test_end_to_end import MESSAGE
+from tests.support.mail import MESSAGE, checked
 
 ENVELOPE = b"From alice@example.com Thu Dec  3 10:00:00 2026\r\n"
 
@@ -90,4 +90,4 @@ class EndToEndTests(TestCase):
         self.assertEqual([h["name"] for h in request.json["headers"]], ["From", "To", "Subject"])
         (message,) = stack.upstream.messages
         self.assertEqual(message.data,
-                         MESSAGE.replace(b"\r\n\r\n", b"\r\nX-Policy: checked\r\n\r\n", 1))
+                         checked(MESSAGE))

@@ -3,7 +3,6 @@ End to end over loopback for the operator's extras: implicit-TLS
 submission (RFC 8314) and the Prometheus metrics page.
 """
 
-import base64
 
 import treq
 from twisted.internet import defer, reactor
@@ -14,7 +13,7 @@ from twisted.web.client import HTTPConnectionPool
 from tests.support.client import connect, submit
 from tests.support.loopback import listen_loopback
 from tests.support.stack import Stack
-from tests.test_end_to_end import MESSAGE
+from tests.support.mail import AUTH_PLAIN, MESSAGE
 from smtpproxy import replies
 from smtpproxy.answer import Decision
 from smtpproxy.outcome import OUTCOMES, outcome, verdict
@@ -39,7 +38,7 @@ class ImplicitTLSTests(OperationsTestCase):
         self.assertIn("AUTH PLAIN LOGIN", ehlo.lines)
         self.assertNotIn("STARTTLS", ehlo.lines)
         yield client.command(b"STARTTLS", expect=503)
-        yield client.command(b"AUTH PLAIN " + base64.b64encode(b"\0alice\0s3cret"), expect=235)
+        yield client.command(AUTH_PLAIN, expect=235)
         reply = yield submit(client, b"alice@example.com", b"bob@example.net", MESSAGE)
         yield client.close()
         self.assertEqual(reply.code, 250)

@@ -23,13 +23,10 @@ from twisted.web.client import HTTPConnectionPool
 from smtpproxy import Limits
 from tests.support.certs import client_options, make_certificates
 from tests.support.client import connect, send_mail
-from tests.support.stack import PASSWORD, USER
+from tests.support.mail import AUTH_PLAIN, MESSAGE, PASSWORD, USER
+from tests.support.session import SessionTestCase
 from tests.support.twistd import (
     ChildProcess, free_port, twistd_command, twistd_environment, twistd_parts)
-from tests.test_session import SessionTestCase
-
-MESSAGE = b"Subject: logged\r\n\r\nbody\r\n"
-AUTH_PLAIN = b"AUTH PLAIN AGFsaWNlAHMzY3JldA=="  # alice / s3cret
 
 
 class OperatorLogTests(TestCase):

@@ -7,86 +7,23 @@ import json
 import shutil
 import tempfile
 
-from attrs import frozen
 from treq.testing import StubTreq
 from twisted.internet import reactor
-from twisted.internet.defer import CancelledError, Deferred, gatherResults, inlineCallbacks
+from twisted.internet.defer import CancelledError, gatherResults, inlineCallbacks
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import TestCase
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Site
+from twisted.web.server import Site
 
-from smtpproxy.answer import build_request
-from smtpproxy.auth import Login
 from smtpproxy.config import Policy
 from smtpproxy.policy import MAX_ANSWER, PolicyClient
 from smtpproxy.replies import POLICY_UNAVAILABLE, Reply
 from smtpproxy.tls import TLSFilesError
 from tests.support.certs import make_certificates, server_options
+from tests.support.api import ALLOW, REQUEST, ApiResource
 from tests.support.loopback import listen_loopback
-
-ALLOW = json.dumps(
-    {"allow": True, "headers": [{"name": "X-Checked", "value": "yes"}], "from": "b@example.org"}
-).encode()
-REQUEST = build_request(
-    Login("ann", "s3cret-pässword"),
-    "a@example.com",
-    ["x@example.net", "y@example.net"],
-    [{"name": "Subject", "value": "héllo \ufffd"}, {"name": "X-Empty", "value": ""}],
-    "192.0.2.1",
-    "client.example",
-)
-
-
-@frozen
-class Seen:
-    """One request as the fake API received it."""
-
-    method: bytes
-    path: bytes
-    content_type: list
-    body: bytes
-
-
-class ApiResource(Resource):
-    """
-    A policy API that records each request and answers C{code} and C{body}
-    with C{headers}, or never answers when C{body} is C{None}.  A resource,
-    so StubTreq serves it as well as a real Site (unlike
-    L{tests.support.api}, which is a whole server).
-
-    @ivar arrived: fires with the first request.
-    """
-
-    isLeaf = True
-
-    def __init__(self, code=200, body=ALLOW, headers=()):
-        super().__init__()
-        self.code, self.body, self.headers = code, body, headers
-        self.seen = []
-        self.arrived = Deferred()
-
-    def render(self, request):
-        self.seen.append(
-            Seen(
-                request.method,
-                request.path,
-                request.requestHeaders.getRawHeaders(b"content-type"),
-                request.content.read(),
-            )
-        )
-        if not self.arrived.called:
-            self.arrived.callback(request)
-        if self.body is None:
-            return NOT_DONE_YET
-        request.setResponseCode(self.code)
-        for name, value in self.headers:
-            request.setHeader(name, value)
-        return self.body
-
 
 class PolicyTestMixin:
     """Helpers shared by the in-memory and the loopback tests."""
@@ -250,6 +187,18 @@ class LoopbackTests(PolicyTestMixin, TestCase):
         for _ in range(2):
             yield gatherResults([client.check(REQUEST) for _ in range(10)])
         self.assertEqual(server.connections, 10)
+
+    @inlineCallbacks
+    def test_new_connections_are_not_logged(self):
+        """Twisted's "Starting factory" line for every new API connection says nothing: none."""
+        url, server = self.listen(ApiResource())
+        del self.events[:]
+        client = self.client(url)
+        yield gatherResults([client.check(REQUEST) for _ in range(3)])
+        yield client.close()
+        yield server.wait_idle()
+        self.assertEqual(server.connections, 3)
+        self.assertEqual([formatEvent(e) for e in self.events if "factory" in formatEvent(e)], [])
 
     @inlineCallbacks
     def test_refused(self):

@@ -10,14 +10,12 @@ import io
 import json
 import signal
 import sys
-import tomllib
 from types import MappingProxyType
 
 from attrs import evolve
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.error import ConnectionDone
-from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -38,42 +36,11 @@ from smtpproxy.refapi.decision import (
     parse_request,
 )
 from smtpproxy.refapi.passwords import N, MalformedHash, PasswordHash, decoy, make_hash
-from smtpproxy.refapi.policyfile import PolicyFile, PolicyFileError, Rate, load, parse
+from smtpproxy.refapi.policyfile import PolicyFile, PolicyFileError, Rate, load
 from smtpproxy.refapi.service import ReloadOnHangup
 from smtpproxy.replies import Reply
 from tests.support.loopback import listen_loopback
-
-PASSWORD = "correct horse"
-
-
-def cheap_hash(password=PASSWORD):
-    """A valid line at a cost fit for tests (the format carries the cost)."""
-    return make_hash(password, n=16, r=1).line()
-
-
-POLICY = f"""
-[defaults]
-recipient_domains = ["example.net", "Example.ORG"]
-rate = "2/minute"
-remove_headers = ["X-Originating-IP"]
-
-[users.alice]
-password = "{cheap_hash()}"
-senders = ["alice@Example.COM", "@Example.org"]
-add_headers = {{ X-Account = "alice" }}
-
-[users.bob]
-password = "{cheap_hash()}"
-senders = ["bob@example.com", "<>"]
-recipient_domains = ["*"]
-rate = "unlimited"
-remove_headers = []
-"""
-
-
-def policy(text=POLICY):
-    return parse(tomllib.loads(text))
-
+from tests.support.refapi import PASSWORD, POLICY, FakeThreadsReactor, cheap_hash, policy
 
 def request(sender="alice@example.com", to=("x@example.net",), username="alice"):
     return Request(username, PASSWORD, sender, tuple(to))
@@ -347,33 +314,6 @@ class DecideTests(SynchronousTestCase):
             self.decide(request())
         self.limiter.retain({"bob"})
         self.assertTrue(self.decide(request())["allow"])
-
-
-class FakeThreadsReactor(Clock):
-    """A Clock whose thread pool runs its work only when the test calls L{work}."""
-
-    def __init__(self):
-        super().__init__()
-        self.queued = []
-
-    def getThreadPool(self):
-        return self
-
-    def callInThreadWithCallback(self, onResult, f, *args, **kwargs):
-        self.queued.append((onResult, f, args, kwargs))
-
-    def callFromThread(self, f, *args, **kwargs):
-        f(*args, **kwargs)
-
-    def work(self):
-        queued, self.queued = self.queued, []
-        for onResult, f, args, kwargs in queued:
-            try:
-                result = f(*args, **kwargs)
-            except Exception:
-                onResult(False, Failure())
-            else:
-                onResult(True, result)
 
 
 class ResourceTests(SynchronousTestCase):

@@ -25,10 +25,9 @@ from smtpproxy.refapi.logincache import LoginCache
 from tests.support.client import submit
 from tests.support.loopback import listen_loopback
 from tests.support.stack import Stack
-from tests.test_end_to_end import MESSAGE
-from tests.test_login import INVALID, plain
+from tests.support.mail import INVALID, MESSAGE, plain
+from tests.support.refapi import PASSWORD, POLICY, FakeThreadsReactor, policy
 from tests import test_refapi
-from tests.test_refapi import PASSWORD, POLICY, FakeThreadsReactor, policy
 
 
 class LoginRequestTests(SynchronousTestCase):

@@ -19,6 +19,7 @@ from tests.support.api import start_api
 from tests.support.certs import make_certificates
 from tests.support.client import connect
 from tests.support.loopback import listen_loopback
+from tests.support.mail import AUTH_PLAIN
 from tests.support.stack import allow
 from tests.support.upstream import start_upstream
 
@@ -73,7 +74,7 @@ class ReloadTests(TestCase):
         _, shown = yield self.tls_session()
         self.assertEqual(shown, self.second.certificate)
         yield before.command(b"EHLO client.example", expect=250)
-        yield before.command(b"AUTH PLAIN AGFsaWNlAHMzY3JldA==", expect=235)
+        yield before.command(AUTH_PLAIN, expect=235)
 
     @defer.inlineCallbacks
     def test_broken_pair_keeps_the_old_one(self):

@@ -21,15 +21,14 @@ from twisted.trial.unittest import SkipTest, TestCase
 from smtpproxy import Limits
 from smtpproxy.headers import UNCOUNTED
 from tests.support.client import connect, start_data, submit
+from tests.support.mail import MESSAGE, POLICY_HEADER
 from tests.support.stack import Stack
 from tests.support.streams import DigestCollector, MessageStream
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 
-MESSAGE = b"From: alice@example.com\r\nTo: bob@example.net\r\nSubject: hi\r\n\r\nHello Bob.\r\n"
 SENDER, RECIPIENT = b"alice@example.com", b"bob@example.net"
-POLICY_HEADER = b"X-Policy: checked\r\n"  # what the stack's default API answer adds
 
 MEMORY_BOUND = 64 * MiB
 """

@@ -29,6 +29,7 @@ from twisted.trial.unittest import TestCase
 from smtpproxy import Limits, build_factory, replies
 from tests.support.client import connect, data_block, start_data, submit
 from tests.support.loopback import listen_loopback
+from tests.support.mail import AUTH_PLAIN, MESSAGE, POLICY_HEADER, checked
 from tests.support.splitting import listen_splitting
 from tests.support.stack import PASSWORD, Stack
 
@@ -49,8 +50,6 @@ SECOND = b"Subject: 2\r\n\r\nok\r\n"
 SECOND_BARE = b"Subject: 2\rbare\r\n\r\nok\r\n"
 """A second message the proxy refuses itself, before any API call: its header has a bare CR."""
 SENDER = b"alice@example.com"
-POLICY_HEADER = b"X-Policy: checked\r\n"  # what the stack's default API answer adds
-MESSAGE = b"From: alice@example.com\r\nSubject: hi\r\n\r\nHello.\r\n"
 QUEUED = "2.0.0 Ok: queued as "
 
 
@@ -335,7 +334,7 @@ class StartTLSInjectionTests(TestCase):
         does not say EHLO again is reported to the API without one.
         """
         client = yield self.secured(b"EHLO injected.example\r\n")
-        yield client.command(b"AUTH PLAIN AGFsaWNlAHMzY3JldA==", expect=235)
+        yield client.command(AUTH_PLAIN, expect=235)
         reply = yield submit(client, SENDER, b"bob@example.net", MESSAGE)
         self.assertEqual(reply.code, 250)
         (request,) = self.stack.api.requests
@@ -476,7 +475,7 @@ class ClientInputInjectionTests(TestCase):
                          ("alice@example.com", ["bob@example.net"]))
         (message,) = self.stack.upstream.messages
         self.assertEqual((message.sender, message.recipients), ("alice@example.com", ("bob@example.net",)))
-        self.assertEqual(message.data, MESSAGE.replace(b"\r\n\r\n", b"\r\n" + POLICY_HEADER + b"\r\n", 1))
+        self.assertEqual(message.data, checked(MESSAGE))
 
     @defer.inlineCallbacks
     def test_line_breaks(self):

@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from smtpproxy import startup
 from tests.support.certs import make_certificates
 from tests.support.twistd import ChildProcess, free_port, twistd_command, twistd_environment
-from tests.test_refapi import POLICY
+from tests.support.refapi import POLICY
 
 
 class TwistdStartTests(TestCase):
@@ -58,11 +58,14 @@ class TwistdStartTests(TestCase):
             f.write(POLICY)
         return self.refused("smtpproxy-refapi", f"--policy={path}", f"--listen={listen}")
 
+    def assertInUse(self, line, option):
+        """The one line a start-up on the taken port prints, naming C{--option}."""
+        self.assertEqual(
+            line, f"smtpproxy: --{option}={self.taken_address}: cannot listen: Address already in use\n")
+
     @defer.inlineCallbacks
     def test_proxy_port_in_use(self):
-        line = yield self.proxy(listen=self.taken_address)
-        self.assertEqual(
-            line, f"smtpproxy: --listen={self.taken_address}: cannot listen: Address already in use\n")
+        self.assertInUse((yield self.proxy(listen=self.taken_address)), "listen")
 
     @defer.inlineCallbacks
     def test_proxy_bad_port(self):
@@ -76,15 +79,11 @@ class TwistdStartTests(TestCase):
 
     @defer.inlineCallbacks
     def test_metrics_port_in_use(self):
-        line = yield self.proxy(metrics=self.taken_address)
-        self.assertEqual(
-            line, f"smtpproxy: --metrics={self.taken_address}: cannot listen: Address already in use\n")
+        self.assertInUse((yield self.proxy(metrics=self.taken_address)), "metrics")
 
     @defer.inlineCallbacks
     def test_refapi_port_in_use(self):
-        line = yield self.refapi(self.taken_address)
-        self.assertEqual(
-            line, f"smtpproxy: --listen={self.taken_address}: cannot listen: Address already in use\n")
+        self.assertInUse((yield self.refapi(self.taken_address)), "listen")
 
     @defer.inlineCallbacks
     def test_refapi_bad_port(self):

@@ -20,11 +20,10 @@ from smtpproxy import haproxy
 from tests.support.certs import client_options
 from tests.support.client import ScriptedClient, connect, data_block, send_mail
 from tests.support.loopback import listen_loopback
+from tests.support.mail import AUTH_PLAIN, MESSAGE
 from tests.support.stack import PASSWORD, USER, Stack
 from tests.support.twistd import ROOT, ChildProcess, twistd_command, twistd_environment, twistd_parts
 
-MESSAGE = b"Subject: deployed\r\n\r\nbody\r\n"
-AUTH_PLAIN = b"AUTH PLAIN AGFsaWNlAHMzY3JldA=="  # alice / s3cret, the stack's USER and PASSWORD
 RUNNING = "SIGTERM drains"  # twistd's log line once the proxy runs
 
 

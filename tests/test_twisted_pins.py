@@ -17,15 +17,14 @@ import twisted
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, ITLSTransport
-from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.internet.ssl import CertificateOptions
 from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import StringTransport
 from twisted.mail import smtp
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web import client as webclient
 from zope.interface import implementer
 
 
@@ -309,51 +308,6 @@ class FakeUpstreamPins(PinTestCase):
                            "tests/support/upstream.py (_Session.do_XCLIENT forgets the name)"):
             for method in (smtp.SMTP.do_HELO, smtp.ESMTP.do_EHLO, smtp.SMTP.do_MAIL):
                 self.assertIn("_helo", method.__code__.co_names, method.__qualname__)
-
-
-class WebClientPins(PinTestCase):
-    """The HTTP connection pool hook L{smtpproxy.policy} uses to silence its log lines."""
-
-    def test_clientFactory(self):
-        with self.reliedOn("twisted.web.client._HTTP11ClientFactory",
-                           "smtpproxy.policy._QuietConnectionFactory"):
-            self.assertTrue(issubclass(webclient._HTTP11ClientFactory, Factory))
-            parameters = list(inspect.signature(webclient._HTTP11ClientFactory).parameters)
-            self.assertEqual(parameters, ["quiescentCallback", "metadata"])
-
-    def test_poolFactoryHook(self):
-        with self.reliedOn("HTTPConnectionPool._factory (the factory for new connections)",
-                           "smtpproxy.policy._Pool"):
-
-            class Quiet(webclient._HTTP11ClientFactory):
-                pass
-
-            class Pool(webclient.HTTPConnectionPool):
-                _factory = Quiet
-
-            used = []
-
-            class Endpoint:
-                def connect(self, factory):
-                    used.append(factory)
-                    return Deferred()
-
-            Pool(MemoryReactorClock()).getConnection(("http", b"api", 80), Endpoint())
-            self.assertEqual([type(f) for f in used], [Quiet])
-
-    def test_retryingProtocol(self):
-        with self.reliedOn("twisted.web.client._RetryingHTTP11ClientProtocol (its "
-                           "_clientProtocol, _newConnection and _shouldRetry)",
-                           "smtpproxy.policy (_retrying_once, _RetryOnce)"):
-            from twisted.web._newclient import RequestNotSent
-
-            retrying = webclient._RetryingHTTP11ClientProtocol
-            protocol, reconnect = object(), object()
-            wrapped = retrying(protocol, reconnect)
-            self.assertIs(wrapped._clientProtocol, protocol)
-            self.assertIs(wrapped._newConnection, reconnect)
-            self.assertTrue(wrapped._shouldRetry(b"GET", RequestNotSent(), None))
-            self.assertFalse(wrapped._shouldRetry(b"POST", RequestNotSent(), None))
 
 
 class _Wrapped(Protocol):

@@ -10,19 +10,19 @@ from io import BytesIO
 
 import attrs
 from twisted.internet import defer, error, reactor
-from twisted.internet.interfaces import ITCPTransport
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel, capturedLogs, formatEvent
-from twisted.mail import smtp
 from twisted.python.failure import Failure
 from twisted.trial import unittest
-from zope.interface import implementer
 
 from smtpproxy.parameters import Offer, parse_mail_parameters
 from smtpproxy import replies
 from smtpproxy.config import Upstream
 from smtpproxy.pool import Pool
 from tests.support.certs import make_certificates, server_options, trust_root
+from tests.support.mail import MESSAGE
+from tests.support.session import TCPStringTransport
+from tests.support.stock import StockServerFactory
 from tests.support.upstream import start_upstream
 
 UPSTREAM = Upstream(host="upstream.example", port=25, timeout=60, connect_timeout=15)
@@ -32,16 +32,6 @@ CHUNK = 16384  # twisted.protocols.basic.FileSender.CHUNK_SIZE
 def deliver_once(reactor, config, hostname, *args, **kwargs):
     """One message on a connection of its own, closed after it (no connection kept)."""
     return Pool(reactor, attrs.evolve(config, pool_idle=0), hostname).deliver(*args, **kwargs)
-
-
-@implementer(ITCPTransport)
-class _TCPStringTransport(StringTransport):
-    """Records C{setTcpNoDelay}, as a TCP transport offers it."""
-
-    noDelay = False
-
-    def setTcpNoDelay(self, enabled):
-        self.noDelay = enabled
 
 
 class Conversation:
@@ -68,7 +58,7 @@ class Conversation:
 
     def connect(self):
         self.protocol = self.factory.buildProtocol(None)
-        self.transport = _TCPStringTransport()
+        self.transport = TCPStringTransport()
         self.protocol.makeConnection(self.transport)
 
     def reply(self, *lines):
@@ -158,7 +148,7 @@ class InMemoryTests(unittest.TestCase):
         """The final dot must not wait for the upstream's delayed ACK (about 40 ms)."""
         c = Conversation()
         c.connect()
-        self.assertTrue(c.transport.noDelay)
+        self.assertTrue(c.transport.no_delay)
 
     def test_success(self):
         """
@@ -374,71 +364,6 @@ class InMemoryTests(unittest.TestCase):
         self.assertEqual(len(logged), 1)
 
 
-@implementer(smtp.IMessage)
-class CapturedMessage:
-    def __init__(self, delivery):
-        self.delivery = delivery
-        self.lines = []
-
-    def lineReceived(self, line):
-        self.lines.append(line)
-
-    def eomReceived(self):
-        self.delivery.messages.append(self.lines)
-        return defer.succeed(None)
-
-    def connectionLost(self):
-        pass
-
-
-@implementer(smtp.IMessageDelivery)
-class CapturingDelivery:
-    def __init__(self):
-        self.messages = []
-
-    def receivedHeader(self, helo, origin, recipients):
-        return None
-
-    def validateFrom(self, helo, origin):
-        return origin
-
-    def validateTo(self, user):
-        return lambda: CapturedMessage(self)
-
-
-class RecordingESMTP(smtp.ESMTP):
-    """Twisted's server, recording the raw bytes and when it is closed."""
-
-    def connectionMade(self):
-        self.received = []
-        self.closed = defer.Deferred()
-        super().connectionMade()
-
-    def dataReceived(self, data):
-        self.received.append(data)
-        super().dataReceived(data)
-
-    def connectionLost(self, reason):
-        super().connectionLost(reason)
-        self.closed.callback(None)
-
-
-class RecordingFactory(smtp.SMTPFactory):
-    protocol = RecordingESMTP
-    domain = b"upstream.example"
-
-    def __init__(self):
-        super().__init__()
-        self.delivery = CapturingDelivery()
-        self.protocols = []
-
-    def buildProtocol(self, addr):
-        p = super().buildProtocol(addr)
-        p.delivery = self.delivery
-        self.protocols.append(p)
-        return p
-
-
 def lineAt(data, offset, line):
     """Pad C{data} with filler lines so that C{line} starts at C{offset}."""
     gap = offset - len(data)
@@ -459,7 +384,7 @@ class LoopbackTests(unittest.TestCase):
     """The sender against Twisted's SMTP server over real loopback sockets."""
 
     def setUp(self):
-        self.server = RecordingFactory()
+        self.server = StockServerFactory()
         self.port = reactor.listenTCP(0, self.server, interface="127.0.0.1")
         self.addCleanup(self.port.stopListening)
         self.upstream = Upstream(host="127.0.0.1", port=self.port.getHost().port, timeout=10)
@@ -527,7 +452,6 @@ class SecureUpstreamTests(unittest.TestCase):
     certificates: verified or nothing, and never the message in clear.
     """
 
-    MESSAGE = b"Subject: hi\r\n\r\nbody\r\n"
     PASSWORD = "pass word\u00e9"
 
     def setUp(self):
@@ -557,7 +481,7 @@ class SecureUpstreamTests(unittest.TestCase):
         with capturedLogs() as logged:
             reply = yield deliver_once(
                 reactor, config, "proxy.example", "a@example.com", ["b@example.net"],
-                BytesIO(self.MESSAGE),
+                BytesIO(MESSAGE),
             )
             yield fake.wait_idle()
         self.logged.extend(logged)
@@ -579,7 +503,7 @@ class SecureUpstreamTests(unittest.TestCase):
         self.assertEqual(reply.code, 250)
         [message] = fake.messages
         self.assertTrue(message.tls)
-        self.assertEqual(message.data, self.MESSAGE)
+        self.assertEqual(message.data, MESSAGE)
         self.assertEqual(self.logged, [])
 
     @defer.inlineCallbacks

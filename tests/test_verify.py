@@ -17,10 +17,10 @@ from smtpproxy.capabilities import UpstreamCapabilities
 from smtpproxy.verify import RecipientCheck, VerdictCache
 from tests.support.certs import make_certificates, server_options, trust_root
 from tests.support.client import data_block
+from tests.support.mail import MESSAGE
 from tests.support.stack import Stack
 from tests.support.upstream import start_upstream
 
-MESSAGE = b"From: alice@example.com\r\nSubject: hi\r\n\r\nHello.\r\n"
 UNKNOWN = (550, "5.1.1 <carol@example.org>: Recipient address rejected: User unknown")
 UNAVAILABLE = (451, "4.4.1 Upstream server unavailable, try again later")
 
@@ -254,7 +254,6 @@ class OffTests(VerifyTestCase):
         self.assertEqual((reply.code, reply.text), UNKNOWN)
         yield client.close()
         self.assertEqual(self.upstream.messages, [])
-
 
 
 class CheckingConnectionTests(TestCase):

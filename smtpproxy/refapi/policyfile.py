@@ -2,7 +2,7 @@
 """
 The policy file (TOML), read once at start and on each reload into frozen
 values, so that every mistake in it is found before it can answer a request
-and the answering code never meets a malformed setting.
+and the answering code never meets a malformed setting::
 
     [defaults]                       # optional; a user's own key replaces it
     recipient_domains = ["*"]        # "*": any domain

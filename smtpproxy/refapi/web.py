@@ -103,7 +103,7 @@ class PolicyResource(Resource):
 
 
 class PolicySite(Site):
-    """A L{Site} for L{PolicyResource}: its one line per answer replaces the access log."""
+    """A C{Site} for L{PolicyResource}: its one line per answer replaces the access log."""
 
     noisy = False
 

@@ -17,6 +17,8 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
+from smtpproxy.answer import build_request
+from smtpproxy.auth import Login
 from tests.support.loopback import listen_loopback
 
 PATH = "/policy"
@@ -150,3 +152,66 @@ def _unanswered(failure, request):
     _log.failure("fake API answer failed", failure)
     request.setResponseCode(500)
     request.finish()
+
+
+# For the policy client's own tests (tests/test_policy.py, tests/test_api_load.py): one
+# request, one answer, and a resource that records what it got.
+
+ALLOW = json.dumps(
+    {"allow": True, "headers": [{"name": "X-Checked", "value": "yes"}], "from": "b@example.org"}
+).encode()
+REQUEST = build_request(
+    Login("ann", "s3cret-pässword"),
+    "a@example.com",
+    ["x@example.net", "y@example.net"],
+    [{"name": "Subject", "value": "héllo \ufffd"}, {"name": "X-Empty", "value": ""}],
+    "192.0.2.1",
+    "client.example",
+)
+
+
+@attrs.frozen
+class Seen:
+    """One request as the fake API received it."""
+
+    method: bytes
+    path: bytes
+    content_type: list
+    body: bytes
+
+
+class ApiResource(Resource):
+    """
+    A policy API that records each request and answers C{code} and C{body}
+    with C{headers}, or never answers when C{body} is C{None}.  A resource,
+    so StubTreq serves it as well as a real Site (unlike
+    L{FakeApi}, which is a whole server).
+
+    @ivar arrived: fires with the first request.
+    """
+
+    isLeaf = True
+
+    def __init__(self, code=200, body=ALLOW, headers=()):
+        super().__init__()
+        self.code, self.body, self.headers = code, body, headers
+        self.seen = []
+        self.arrived = defer.Deferred()
+
+    def render(self, request):
+        self.seen.append(
+            Seen(
+                request.method,
+                request.path,
+                request.requestHeaders.getRawHeaders(b"content-type"),
+                request.content.read(),
+            )
+        )
+        if not self.arrived.called:
+            self.arrived.callback(request)
+        if self.body is None:
+            return NOT_DONE_YET
+        request.setResponseCode(self.code)
+        for name, value in self.headers:
+            request.setHeader(name, value)
+        return self.body

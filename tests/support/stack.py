@@ -15,9 +15,8 @@ from tests.support.api import start_api
 from tests.support.certs import client_options, make_certificates, server_options
 from tests.support.client import connect, send_mail
 from tests.support.loopback import listen_loopback
+from tests.support.mail import AUTH_PLAIN, PASSWORD, USER
 from tests.support.upstream import start_upstream
-
-USER, PASSWORD = "alice", "s3cret"
 
 
 def allow(request):
@@ -28,6 +27,11 @@ def allow(request):
 def allow_login(request):
     """The default login API answer: allow."""
     return {"allow": True}
+
+
+def by_password(request):
+    """A login API that knows one password."""
+    return {"allow": request["password"] == PASSWORD}
 
 
 class Stack:
@@ -105,7 +109,7 @@ class Stack:
         yield client.starttls(self.client_tls)
         yield client.command(b"EHLO client.example", expect=250)
         if login:
-            yield client.command(b"AUTH PLAIN AGFsaWNlAHMzY3JldA==", expect=235)
+            yield client.command(AUTH_PLAIN, expect=235)
         return client
 
     def close(self):
