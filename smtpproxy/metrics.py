@@ -38,45 +38,48 @@ class Metrics:
 
     def __init__(self):
         self.registry = CollectorRegistry()
-        self.connections = Gauge(
-            "smtpproxy_connections_current", "Client connections open now.",
-            registry=self.registry)
-        self.connections_total = Counter(
-            "smtpproxy_connections", "Client connections made, admitted or refused.",
-            registry=self.registry)
-        self.connections_refused = Counter(
-            "smtpproxy_connections_refused", "Client connections refused by a limit.",
-            ["limit"], registry=self.registry)
-        self.messages = Counter(
-            "smtpproxy_messages", "Messages by outcome.", ["outcome"], registry=self.registry)
-        for name in OUTCOMES:
-            self.messages.labels(name)
-        self.logins = Counter(
-            "smtpproxy_logins", "Logins checked at AUTH (--auth_api), by result.", ["result"],
-            registry=self.registry)
-        for name in LOGINS:
-            self.logins.labels(name)
-        self.lockouts = Counter(
-            "smtpproxy_auth_lockouts",
-            "Client addresses locked out after too many failed logins.",
-            registry=self.registry)
-        self.api_latency = Histogram(
-            "smtpproxy_api_latency_seconds", "Policy API exchanges.",
-            buckets=_LATENCY, registry=self.registry)
-        self.upstream_latency = Histogram(
-            "smtpproxy_upstream_latency_seconds", "Upstream deliveries, from the allow to the reply.",
-            buckets=_LATENCY, registry=self.registry)
-        self.upstream_connections = Counter(
+        self.connections = self._gauge(
+            "smtpproxy_connections_current", "Client connections open now.")
+        self.connections_total = self._counter(
+            "smtpproxy_connections", "Client connections made, admitted or refused.")
+        self.connections_refused = self._counter(
+            "smtpproxy_connections_refused", "Client connections refused by a limit.", "limit")
+        self.messages = self._counter(
+            "smtpproxy_messages", "Messages by outcome.", "outcome", OUTCOMES)
+        self.logins = self._counter(
+            "smtpproxy_logins", "Logins checked at AUTH (--auth_api), by result.", "result",
+            LOGINS)
+        self.lockouts = self._counter(
+            "smtpproxy_auth_lockouts", "Client addresses locked out after too many failed logins.")
+        self.api_latency = self._histogram(
+            "smtpproxy_api_latency_seconds", "Policy API exchanges.", _LATENCY)
+        self.upstream_latency = self._histogram(
+            "smtpproxy_upstream_latency_seconds",
+            "Upstream deliveries, from the allow to the reply.", _LATENCY)
+        self.upstream_connections = self._counter(
             "smtpproxy_upstream_connections",
-            "Upstream connections opened for messages (kept ones carry several).",
-            registry=self.registry)
-        self.upstream_idle = Gauge(
+            "Upstream connections opened for messages (kept ones carry several).")
+        self.upstream_idle = self._gauge(
             "smtpproxy_upstream_idle_connections",
-            "Upstream connections kept idle for the next message now.",
-            registry=self.registry)
-        self.message_size = Histogram(
-            "smtpproxy_message_size_bytes", "Size of messages received.",
-            buckets=_SIZE, registry=self.registry)
+            "Upstream connections kept idle for the next message now.")
+        self.message_size = self._histogram(
+            "smtpproxy_message_size_bytes", "Size of messages received.", _SIZE)
+
+    def _counter(self, name, documentation, label=None, values=()):
+        """
+        A counter in this registry, by C{label} if given; each of C{values}
+        is shown from the start (at 0), so a rate query finds it.
+        """
+        counter = Counter(name, documentation, [label] if label else [], registry=self.registry)
+        for value in values:
+            counter.labels(value)
+        return counter
+
+    def _gauge(self, name, documentation):
+        return Gauge(name, documentation, registry=self.registry)
+
+    def _histogram(self, name, documentation, buckets):
+        return Histogram(name, documentation, buckets=buckets, registry=self.registry)
 
     def resource(self):
         """A twisted.web resource serving the page at C{/metrics}."""

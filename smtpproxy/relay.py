@@ -102,11 +102,14 @@ class KeptConnection(UpstreamClient):
         raise NotImplementedError
 
     def _decide(self, code, resp):
-        """The message is decided: its Deferred fires, the pool takes the connection back."""
+        """
+        The message is decided: the pool takes the connection back first,
+        so whatever the message's Deferred starts can use it at once.
+        """
         message, self._message = self._message, None
         if message is not None:
-            message.callback((code, resp))
             self.factory.pool.release(self)
+            message.callback((code, resp))
 
     def _fail(self, failure):
         """

@@ -17,6 +17,15 @@ def commands(framer):
     return out
 
 
+def fed(framer, *steps):
+    """Feed each of C{steps} in turn, taking every command after each: the lists taken."""
+    taken = []
+    for data in steps:
+        framer.feed(data)
+        taken.append(commands(framer))
+    return taken
+
+
 def message(framer):
     """The data pieces the framer can give now, joined, and whether it ended."""
     data, end = b"", False
@@ -73,15 +82,8 @@ class CommandTests(SynchronousTestCase):
 
     def test_overlong_line_reported_once_and_skipped(self):
         """A line over the limit is one TOO_LONG; the next line is intact."""
-        framer = Framer(10)
-        framer.feed(b"x" * 11)
-        self.assertEqual(commands(framer), [])
-        framer.feed(b"y")
-        self.assertEqual(commands(framer), [TOO_LONG])
-        framer.feed(b"z" * 100000 + b"\r")
-        self.assertEqual(commands(framer), [])
-        framer.feed(b"\nNOOP\r\n")
-        self.assertEqual(commands(framer), [b"NOOP"])
+        taken = fed(Framer(10), b"x" * 11, b"y", b"z" * 100000 + b"\r", b"\nNOOP\r\n")
+        self.assertEqual(taken, [[], [TOO_LONG], [], [b"NOOP"]])
 
     def test_overlong_lines_ended_by_lf(self):
         """The limit is on the line without its line end, whichever end it has."""

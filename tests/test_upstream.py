@@ -61,6 +61,11 @@ class Conversation:
         self.transport = TCPStringTransport()
         self.protocol.makeConnection(self.transport)
 
+    def greeted(self, banner=b"220 upstream.example ESMTP"):
+        """Connect and take the upstream's greeting (the proxy answers with EHLO)."""
+        self.connect()
+        self.reply(banner)
+
     def reply(self, *lines):
         """Feed upstream reply lines; return what the proxy sent in answer."""
         self.protocol.dataReceived(b"".join(line + b"\r\n" for line in lines))
@@ -178,24 +183,21 @@ class InMemoryTests(unittest.TestCase):
         c = Conversation(
             sender="user@[192.0.2.1]", recipients=['"john doe"@example.com', "Postmaster"]
         )
-        c.connect()
-        c.reply(b"220 upstream.example ESMTP")
+        c.greeted()
         self.assertEqual(c.reply(b"250 upstream.example"), b"MAIL FROM:<user@[192.0.2.1]>\r\n")
         self.assertEqual(c.reply(b"250 Ok"), b'RCPT TO:<"john doe"@example.com>\r\n')
         self.assertEqual(c.reply(b"250 Ok"), b"RCPT TO:<Postmaster>\r\n")
 
     def test_heloFallback(self):
         c = Conversation()
-        c.connect()
-        c.reply(b"220 upstream.example SMTP")
+        c.greeted(b"220 upstream.example SMTP")
         self.assertEqual(c.reply(b"502 5.5.2 Command not recognized"), b"HELO proxy.example\r\n")
         self.assertEqual(c.reply(b"250 upstream.example"), b"MAIL FROM:<>\r\n")
 
     def mailFromAnswering(self, ehloReply):
         """The MAIL FROM sent for an 8-bit message after C{ehloReply}'s last line."""
         c = Conversation(sender="a@b.example", mail_parameters="BODY=8BITMIME")
-        c.connect()
-        c.reply(b"220 upstream.example ESMTP")
+        c.greeted()
         return c.reply(b"250-upstream.example", ehloReply)
 
     def test_body_parameter(self):
@@ -211,8 +213,7 @@ class InMemoryTests(unittest.TestCase):
     def test_heloRefused(self):
         """EHLO and HELO refused: give up (the stock code sends HELO forever)."""
         c = Conversation()
-        c.connect()
-        c.reply(b"220 upstream.example SMTP")
+        c.greeted(b"220 upstream.example SMTP")
         c.reply(b"502 5.5.2 Command not recognized")
         self.assertEqual(c.reply(b"550 5.7.1 Go away"), b"")
         self.assertTrue(c.transport.disconnecting)
@@ -222,8 +223,7 @@ class InMemoryTests(unittest.TestCase):
     def test_starttlsRefused(self):
         """STARTTLS announced, then refused: no fallback to clear text."""
         c = Conversation(config=attrs.evolve(UPSTREAM, tls="starttls"))
-        c.connect()
-        c.reply(b"220 upstream.example ESMTP")
+        c.greeted()
         self.assertEqual(c.reply(b"250-upstream.example", b"250 STARTTLS"), b"STARTTLS\r\n")
         self.assertEqual(c.reply(b"454 4.7.0 TLS not available"), b"QUIT\r\n")
         c.reply(b"221 2.0.0 Bye")
@@ -267,8 +267,7 @@ class InMemoryTests(unittest.TestCase):
 
     def test_senderRefused(self):
         c = Conversation()
-        c.connect()
-        c.reply(b"220 upstream.example ESMTP")
+        c.greeted()
         c.reply(b"250 upstream.example")
         self.assertEqual(c.reply(b"553 5.7.1 Sender rejected"), b"QUIT\r\n")
         self.assertEqual(c.finish(), replies.Reply(553, "5.7.1 Sender rejected"))
@@ -560,6 +559,25 @@ class SecureUpstreamTests(unittest.TestCase):
         reply = yield self.deliver(fake, tls="starttls", username="ann", password=self.PASSWORD)
         self.assertEqual(reply.code, 250)
         self.assertEqual((fake.messages[0].login, fake.messages[0].tls), ("ann", True))
+
+    @defer.inlineCallbacks
+    def test_kept_connection_does_tls_and_login_once(self):
+        """Three messages on one kept connection: one STARTTLS, one AUTH, then MAIL each time."""
+        fake = self.start(tls=server_options(self.certs), logins={"ann": self.PASSWORD})
+        config = Upstream(host="127.0.0.1", port=fake.port, timeout=10, tls="starttls",
+                          trust_root=trust_root(self.certs), username="ann",
+                          password=self.PASSWORD)
+        pool = Pool(reactor, config, "proxy.example")
+        for n in range(3):
+            reply = yield pool.deliver("a@example.com", [f"b{n}@example.net"], BytesIO(MESSAGE))
+            self.assertEqual(reply.code, 250)
+        yield pool.close()
+        yield fake.wait_idle()
+        (commands,) = fake.commands
+        verbs = [line.split()[0] for line in commands]
+        self.assertEqual((verbs.count(b"STARTTLS"), verbs.count(b"AUTH"), verbs.count(b"MAIL")),
+                         (1, 1, 3))
+        self.assertEqual([(m.login, m.tls) for m in fake.messages], [("ann", True)] * 3)
 
     @defer.inlineCallbacks
     def test_loginImplicitTls(self):
