@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_embedding -*-
 """
 smtpproxy: an SMTP submission proxy that asks a policy API before relaying.
 

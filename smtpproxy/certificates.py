@@ -108,15 +108,13 @@ def _builder(subject, issuer, public_key):
     )
 
 
-def _usage(digital_signature=False, key_cert_sign=False, crl_sign=False):
-    return x509.KeyUsage(
-        digital_signature=digital_signature,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=key_cert_sign,
-        crl_sign=crl_sign,
-        encipher_only=False,
-        decipher_only=False,
-    )
+_NO_USAGE = dict.fromkeys(
+    ("digital_signature", "content_commitment", "key_encipherment", "data_encipherment",
+     "key_agreement", "key_cert_sign", "crl_sign", "encipher_only", "decipher_only"),
+    False,
+)
+
+
+def _usage(**granted):
+    """The key usage extension allowing only the C{granted} uses."""
+    return x509.KeyUsage(**{**_NO_USAGE, **granted})

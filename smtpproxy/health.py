@@ -21,7 +21,8 @@ from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.web.resource import Resource
+
+from smtpproxy.pages import TEXT, Page
 
 log = Logger(namespace="smtpproxy.health")
 
@@ -78,6 +79,13 @@ class Readiness(Service):
         reasons = ["draining"] if self._draining() else []
         return reasons + sorted(self.problems.values())
 
+    def page(self):
+        """C{/readyz}: C{200 ready}, or C{503} and the reasons, one a line."""
+        reasons = self.reasons()
+        if reasons:
+            return 503, "".join(reason + "\n" for reason in reasons).encode("utf-8")
+        return 200, b"ready\n"
+
 
 def tcp_check(reactor, url, timeout=CHECK_INTERVAL):
     """A check that a TCP connection to C{url}'s host and port can be made."""
@@ -96,29 +104,5 @@ def tcp_check(reactor, url, timeout=CHECK_INTERVAL):
 
 def add_pages(root, readiness):
     """Serve C{/healthz} and C{/readyz} under C{root} (the metrics site)."""
-    root.putChild(b"healthz", _Healthz())
-    root.putChild(b"readyz", _Readyz(readiness))
-
-
-class _Healthz(Resource):
-    isLeaf = True
-
-    def render_GET(self, request):
-        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
-        return b"ok\n"
-
-
-class _Readyz(Resource):
-    isLeaf = True
-
-    def __init__(self, readiness):
-        super().__init__()
-        self._readiness = readiness
-
-    def render_GET(self, request):
-        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
-        reasons = self._readiness.reasons()
-        if reasons:
-            request.setResponseCode(503)
-            return "".join(reason + "\n" for reason in reasons).encode("utf-8")
-        return b"ready\n"
+    root.putChild(b"healthz", Page(TEXT, lambda: (200, b"ok\n")))
+    root.putChild(b"readyz", Page(TEXT, readiness.page))

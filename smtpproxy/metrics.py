@@ -17,10 +17,9 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from twisted.web.pages import notFound
-from twisted.web.resource import Resource
 
 from smtpproxy.outcome import OUTCOMES
+from smtpproxy.pages import Page, Root
 
 LOGINS = ("ok", "invalid", "temp_failed", "locked_out")
 
@@ -83,23 +82,7 @@ class Metrics:
 
     def resource(self):
         """A twisted.web resource serving the page at C{/metrics}."""
-        root = _Root()
-        root.putChild(b"metrics", _Page(self.registry))
+        root = Root()
+        content_type = CONTENT_TYPE_LATEST.encode("ascii")
+        root.putChild(b"metrics", Page(content_type, lambda: (200, generate_latest(self.registry))))
         return root
-
-
-class _Root(Resource):
-    def getChild(self, path, request):
-        return notFound()
-
-
-class _Page(Resource):
-    isLeaf = True
-
-    def __init__(self, registry):
-        super().__init__()
-        self._registry = registry
-
-    def render_GET(self, request):
-        request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode("ascii"))
-        return generate_latest(self._registry)

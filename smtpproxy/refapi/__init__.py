@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_refapi -*-
 """
 The reference policy API: the contract of docs/protocol.rst sections 3 and 4 answered
 from a TOML policy file (users with scrypt password hashes, their senders,

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_refapi -*-
 """
 C{python -m smtpproxy.refapi hash}: print a password line for the policy file.
 
