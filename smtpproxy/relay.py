@@ -104,9 +104,11 @@ class KeptConnection(UpstreamClient):
     def _decide(self, code, resp):
         """
         The message is decided: the pool takes the connection back first,
-        so whatever the message's Deferred starts can use it at once.
+        so whatever the message's Deferred starts can use it at once.  The
+        envelope goes too: an idle connection holds no message data.
         """
         message, self._message = self._message, None
+        self._envelope = None
         if message is not None:
             self.factory.pool.release(self)
             message.callback((code, resp))

@@ -90,6 +90,7 @@ class ReuseTests(PoolTestCase):
         self.assertEqual(wire.sent(), b"MAIL FROM:<alice@example.com>\r\n")
         self.deliver_serially(wire)
         self.assertEqual(self.results, [QUEUED, QUEUED])
+        self.assertIsNone(wire.protocol._envelope)  # an idle connection holds no message
         self.assertEqual(len(self.reactor.tcpClients), 1)
         self.assertEqual(self.metrics.registry.get_sample_value(
             "smtpproxy_upstream_connections_total"), 1)
