@@ -1,15 +1,13 @@
-# -*- test-case-name: tests.test_relay -*-
+# -*- test-case-name: tests.test_pool -*-
 """
 One upstream connection that carries allowed messages, one after another
 (docs/protocol.rst section 5, docs/design.rst "Upstream connections").
 
 L{RelaySender} is Twisted's ESMTP sender (through L{UpstreamClient}) taken
 over once the connection is ready for MAIL FROM.  Each message is one
-L{RelaySender.send}: a Deferred that fires as soon as the upstream has
-decided it (the reply to the final dot, or a refusal), not when the
-connection ends, so the client hears its reply without waiting for QUIT.
-The connection then goes back to its L{smtpproxy.pool.Pool}, which keeps
-it for the next message or closes it.
+L{KeptConnection.send}: a Deferred that fires as soon as the upstream has
+decided it (the reply to the final dot, or a refusal), so the client never
+waits for QUIT; the connection goes back to its L{smtpproxy.pool.Pool}.
 
 What may be tried again is decided here: only a message that nothing
 could have reached.  A connection that was kept idle and turns out dead
