@@ -240,16 +240,13 @@ class RelaySender(KeptConnection):
         every answer either way: it goes only if all recipients were
         accepted.
 
-        The sender goes exactly as given (C{<>} for the null sender): the
-        stock code parses it with C{smtp.Address}, which rejects valid
-        addresses such as C{user@[192.0.2.1]}; recipients likewise, as the
-        stock C{quoteaddr} is a header parser.  The client's parameters
-        follow as it sent them, each where the upstream offers its
-        extension (L{for_upstream}); what it does not offer now is left
-        out with a warning (DSN's; RFC 3461 section 4.2 then has the relay
-        itself answer for the notifications), except C{SMTPUTF8}: a message
-        with UTF-8 addresses is not sent as plain mail, the client gets a
-        4xx and tries again later.
+        Addresses go exactly as given (C{<>} for the null sender): the
+        stock C{smtp.Address} and C{quoteaddr} reject valid addresses such
+        as C{user@[192.0.2.1]}.  The client's parameters follow as sent,
+        each where the upstream offers its extension (L{for_upstream});
+        the rest is left out with a warning (DSN's: RFC 3461 section 4.2),
+        except C{SMTPUTF8}: such a message waits (4xx) rather than go as
+        plain mail.
         """
         commands = self._envelope_commands()
         if commands is None:
