@@ -177,6 +177,14 @@ class DeadWhileIdleTests(PoolTestCase):
         self.deliver_serially(wire)
         return wire
 
+    def assertDeliveredOnANewConnection(self):
+        """The second message goes, once, on a second connection."""
+        fresh = self.wire(1)
+        fresh.ready()
+        self.deliver_serially(fresh)
+        self.assertEqual(self.results, [QUEUED, QUEUED])
+        self.assertEqual(len(self.reactor.tcpClients), 2)
+
     def test_closed_while_idle_is_forgotten(self):
         self.kept().lose()
         self.assertEqual(self.idle(), 0)
@@ -195,10 +203,7 @@ class DeadWhileIdleTests(PoolTestCase):
         self.assertEqual(wire.sent(), b"MAIL FROM:<alice@example.com>\r\n")
         wire.lose(error.ConnectionLost)
         self.assertEqual(len(self.results), 1)
-        fresh = self.wire(1)
-        fresh.ready()
-        self.deliver_serially(fresh)
-        self.assertEqual(self.results, [QUEUED, QUEUED])
+        self.assertDeliveredOnANewConnection()
 
     def test_421_at_mail_goes_on_a_new_connection(self):
         wire = self.kept()
@@ -206,10 +211,7 @@ class DeadWhileIdleTests(PoolTestCase):
         wire.sent()
         wire.reply(b"421 4.4.2 Idle timeout, closing")
         self.assertTrue(wire.transport.disconnecting)
-        fresh = self.wire(1)
-        fresh.ready()
-        self.deliver_serially(fresh)
-        self.assertEqual(self.results, [QUEUED, QUEUED])
+        self.assertDeliveredOnANewConnection()
 
     def test_421_on_the_new_connection_too_is_the_reply(self):
         wire = self.kept()
