@@ -24,13 +24,16 @@ from twisted.logger import globalLogBeginner, textFileLogObserver
 from twisted.mail import smtp
 from zope.interface import implementer
 
-from smtpproxy import Policy, ProxyConfig, Upstream, build_factory
+from smtpproxy import Policy, Proxy, ProxyConfig, Upstream
 from smtpproxy.certificates import make_certificates
 from smtpproxy.refapi import PolicyResource, PolicySite, load, make_hash
 from smtpproxy.tls import load_context
 
 USER, PASSWORD = "demo", "demo"
 
+
+DRAIN_TIMEOUT = 5
+"""Seconds Ctrl-C waits for a message in flight before the demo ends."""
 
 POLICY = """\
 # The demo's policy file, read by the reference policy API (smtpproxy.refapi).
@@ -123,12 +126,18 @@ class Demo:
     ca: str
     maildir: str
     listeners: list
-    factory: object
+    proxy: object
 
+    @defer.inlineCallbacks
     def stop(self):
-        """Stop listening and close the policy API's connection pool."""
-        stopped = [defer.maybeDeferred(p.stopListening) for p in self.listeners]
-        return defer.gatherResults(stopped + [self.factory.close()])
+        """
+        Stop the proxy as twistd does (L{smtpproxy.Proxy}: a message in
+        flight is finished, for up to L{DRAIN_TIMEOUT} seconds), then the
+        API and the sink it needed.
+        """
+        yield self.proxy.drain(DRAIN_TIMEOUT)
+        yield self.proxy.close()
+        yield defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in self.listeners])
 
 
 INSTRUCTIONS = """
@@ -172,11 +181,10 @@ def start(reactor, directory, port):
         tls=load_context(certs.cert_path, certs.key_path),
         hostname="localhost",
     )
-    factory = build_factory(config, reactor)
-    proxy_port = yield listen(port, factory)
+    proxy = Proxy(config, reactor, listen=[f"tcp:{port}:interface=127.0.0.1"])
+    (proxy_port,) = yield proxy.listen()
     return Demo(proxy_port.getHost().port, config.policy.url, config.policy.auth_url, policy,
-                certs.ca_path, maildir,
-                [api_port, sink_port, proxy_port], factory)
+                certs.ca_path, maildir, [api_port, sink_port], proxy)
 
 
 @defer.inlineCallbacks
