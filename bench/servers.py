@@ -415,10 +415,10 @@ class SmtpProxy(Server):
         sock.bind(("127.0.0.1", self.port))
         sock.listen(BACKLOG)
         env = dict(env, LISTEN_FDS="1", LISTEN_FDNAMES="submission")
+        common = [arg for arg in self.argv() if not arg.startswith(("--listen=", "--logpath="))]
         for number in range(1, self.workers + 1):
-            argv = [arg for arg in self.argv() if not arg.startswith(("--listen=", "--logpath="))]
-            argv += ["--listen=systemd:domain=INET:name=submission",
-                     f"--logpath={self.dir}/smtpproxy-{number}.log"]
+            argv = common + ["--listen=systemd:domain=INET:name=submission",
+                             f"--logpath={self.dir}/smtpproxy-{number}.log"]
             self._spawn(["/bin/sh", "-c", 'LISTEN_PID=$$ exec "$@"', "sh", *argv], env=env,
                         inherit=sock.fileno())
             self.others.append(self.process)

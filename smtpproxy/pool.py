@@ -131,14 +131,17 @@ class Pool:
         )
         if self._metrics is not None:
             self._metrics.upstream_connections.inc()
-        ended.addBoth(self._connection_ended, delivered)
+        ended.addErrback(self._connection_ended, delivered)
         return delivered
 
-    def _connection_ended(self, outcome, delivered):
+    def _connection_ended(self, failure, delivered):
+        """
+        The connection ended (a relay connection always reports a
+        failure: its error or the reason it closed); if that was before
+        its first message started, the failure is the message's.
+        """
         if not delivered.called:
-            if not isinstance(outcome, defer.Failure):
-                outcome = defer.Failure(smtp.SMTPClientError(-1, b"connection closed"))
-            delivered.errback(outcome)
+            delivered.errback(failure)
 
     def release(self, connection):
         """

@@ -35,14 +35,12 @@ CLOSING = 421
 class Stale(Exception):
     """
     A kept connection failed before the upstream accepted MAIL FROM:
-    nothing was delivered, the message may go on a new connection.
-
-    @ivar failure: what went wrong, for the log if the new one fails too.
+    nothing was delivered, the message may go on a new connection.  Its
+    text is the failure's, for the debug line that says so.
     """
 
     def __init__(self, failure):
         super().__init__(failure.getErrorMessage())
-        self.failure = failure
 
 
 class KeptConnection(UpstreamClient):
